@@ -1,0 +1,42 @@
+# Focal's recipes. `just test` is what CI runs; `just demo` serves the browser demo.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+wasm_out := "web/pkg"
+
+# Run the browser demo: fetch the model, build the wasm crate and serve web/.
+demo: fetch-model build-web
+    cargo run --release -p focal-cli -- serve --root web --model models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+# Everything CI checks: formatting, lints, native GPU tests, the wasm build and the browser tests.
+test: fmt-check clippy test-native build-web
+
+fmt-check:
+    cargo fmt --all --check
+
+clippy:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Native tests on the real wgpu adapter (lavapipe on machines without a GPU).
+test-native:
+    cargo test --workspace --release
+
+# Build the wasm crate in release and generate its JS bindings into web/pkg.
+build-web:
+    cargo build -p focal-web --release --target wasm32-unknown-unknown
+    wasm-bindgen --target web --no-typescript --out-dir {{wasm_out}} \
+        target/wasm32-unknown-unknown/release/focal_web.wasm
+    if [ -x node_modules/.bin/wasm-opt ]; then \
+        node_modules/.bin/wasm-opt -O2 --enable-bulk-memory --enable-nontrapping-float-to-int \
+            {{wasm_out}}/focal_web_bg.wasm -o {{wasm_out}}/focal_web_bg.wasm; \
+    else \
+        echo "wasm-opt not found (npm install binaryen@132 adds it): wasm left unoptimised"; \
+    fi
+
+# Benchmarks: prints tables; record them in BENCHMARKS.md.
+bench *args:
+    cargo run --release -p focal-cli -- bench {{args}}
+
+# Print the adapter and the features and limits Focal uses.
+info:
+    cargo run --release -p focal-cli -- info
