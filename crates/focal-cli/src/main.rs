@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +23,8 @@ enum Command {
     Info,
     /// Run the benchmarks and print a table of results.
     Bench(bench::BenchArgs),
+    /// Serve the browser demo (the page folder and the model file) on 127.0.0.1.
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
     let result = match cli.command {
         Command::Info => info(),
         Command::Bench(args) => bench::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
