@@ -70,3 +70,85 @@ pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f64) -> Vec<f64> {
 pub fn silu(x: f64) -> f64 {
     x / (1.0 + (-x).exp())
 }
+/// Sizes of an attention problem: `q [batch, q_heads, q_len, head_dim]`, `k` and `v`
+/// `[batch, kv_heads, kv_len, head_dim]`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionDims {
+    pub batch: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub head_dim: usize,
+}
+
+/// Attention computed in f64: output `[batch, q_heads, q_len, head_dim]`, per-row
+/// log-sum-exp `[batch, q_heads, q_len]` (-inf for rows that see no key) and
+/// probabilities `[batch, q_heads, q_len, kv_len]`.
+pub struct AttentionReference {
+    pub output: Vec<f64>,
+    pub lse: Vec<f64>,
+    pub probs: Vec<f64>,
+}
+
+/// Computes attention on the CPU with the mask rules of `focal::attention::Mask`.
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: AttentionDims,
+    mask: &focal::attention::Mask,
+    scale: f64,
+) -> AttentionReference {
+    let AttentionDims {
+        batch,
+        q_heads,
+        kv_heads,
+        q_len,
+        kv_len,
+        head_dim: d,
+    } = dims;
+    let group = q_heads / kv_heads;
+    let rows = batch * q_heads * q_len;
+    let mut output = vec![0.0f64; rows * d];
+    let mut lse = vec![f64::NEG_INFINITY; rows];
+    let mut probs = vec![0.0f64; rows * kv_len];
+    let mut scores = vec![0.0f64; kv_len];
+    for b in 0..batch {
+        for h in 0..q_heads {
+            let kv_base = (b * kv_heads + h / group) * kv_len * d;
+            for i in 0..q_len {
+                let row = (b * q_heads + h) * q_len + i;
+                let q_row = &q[row * d..][..d];
+                let mut max = f64::NEG_INFINITY;
+                for (j, score) in scores.iter_mut().enumerate() {
+                    *score = f64::NEG_INFINITY;
+                    if mask.is_visible(i, j, q_len, kv_len) {
+                        let k_row = &k[kv_base + j * d..][..d];
+                        let dot: f64 = q_row
+                            .iter()
+                            .zip(k_row)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum();
+                        *score = dot * scale;
+                        max = max.max(*score);
+                    }
+                }
+                if max == f64::NEG_INFINITY {
+                    continue;
+                }
+                let sum: f64 = scores.iter().map(|&s| (s - max).exp()).sum();
+                lse[row] = max + sum.ln();
+                for (j, &s) in scores.iter().enumerate() {
+                    let p = (s - max).exp() / sum;
+                    probs[row * kv_len + j] = p;
+                    let v_row = &v[kv_base + j * d..][..d];
+                    for (o, &x) in output[row * d..][..d].iter_mut().zip(v_row) {
+                        *o += p * x as f64;
+                    }
+                }
+            }
+        }
+    }
+    AttentionReference { output, lse, probs }
+}

@@ -58,6 +58,17 @@ pub enum Error {
         reason: String,
     },
 
+    // Attention.
+    #[error("head_dim {head_dim} is not supported: the attention kernels take {supported:?}")]
+    UnsupportedHeadDim {
+        head_dim: usize,
+        supported: &'static [usize],
+    },
+    #[error("q_heads {q_heads} is not a multiple of kv_heads {kv_heads}: every KV head must serve the same number of query heads")]
+    HeadGrouping { q_heads: usize, kv_heads: usize },
+    #[error("{mask} mask does not fit the attention shape: {detail}")]
+    MaskMismatch { mask: &'static str, detail: String },
+
     // Shaders.
     #[error("shader {file}:{line}:{column}: {message}")]
     Shader {

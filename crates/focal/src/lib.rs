@@ -5,6 +5,7 @@
 //! is a GPU buffer with a shape and dtype; kernels in [`kernels`] record compute
 //! dispatches from the WGSL files in `shaders/`.
 
+pub mod attention;
 mod context;
 mod error;
 pub mod kernels;

@@ -29,6 +29,22 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         "elementwise.wgsl",
         include_str!("../../../shaders/elementwise.wgsl"),
     ),
+    (
+        "attention_flash.wgsl",
+        include_str!("../../../shaders/attention_flash.wgsl"),
+    ),
+    (
+        "attention_decode.wgsl",
+        include_str!("../../../shaders/attention_decode.wgsl"),
+    ),
+    (
+        "attention_naive.wgsl",
+        include_str!("../../../shaders/attention_naive.wgsl"),
+    ),
+    (
+        "attention_probs.wgsl",
+        include_str!("../../../shaders/attention_probs.wgsl"),
+    ),
 ];
 
 /// Returns the source of a shipped shader file.
