@@ -16,6 +16,14 @@ use crate::{Context, Error, Result};
 
 /// Every WGSL file shipped with the engine, by file name.
 pub const SHADER_FILES: &[(&str, &str)] = &[
+    (
+        "paged_attention.wgsl",
+        include_str!("../../../shaders/paged_attention.wgsl"),
+    ),
+    (
+        "paged_write.wgsl",
+        include_str!("../../../shaders/paged_write.wgsl"),
+    ),
     ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
     (
         "softmax.wgsl",
@@ -44,6 +52,12 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     (
         "attention_probs.wgsl",
         include_str!("../../../shaders/attention_probs.wgsl"),
+    ),
+    ("linear.wgsl", include_str!("../../../shaders/linear.wgsl")),
+    ("llama.wgsl", include_str!("../../../shaders/llama.wgsl")),
+    (
+        "cached_attention.wgsl",
+        include_str!("../../../shaders/cached_attention.wgsl"),
     ),
 ];
 
