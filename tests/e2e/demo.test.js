@@ -1,0 +1,290 @@
+// Browser tests of the demo page in headless Chromium on SwiftShader WebGPU, served by
+// `focal serve`. The model runs for real, so the tests keep prompts short and token
+// limits small, and wait with generous timeouts (they never assert on time).
+
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+import {
+  artifactsDir,
+  checkPrerequisites,
+  focalBinary,
+  launchBrowser,
+  modelPath,
+  openPage,
+  run,
+  setPrompt,
+  startServer,
+  waitForPhase,
+} from "./harness.js";
+import { colorIndex, nearestColorIndex } from "../../web/heatmap.js";
+
+const MINUTE = 60_000;
+const LOAD_TIMEOUT = 5 * MINUTE;
+const GENERATE_TIMEOUT = 8 * MINUTE;
+const QUESTION = "What is the capital of France?";
+/** Layer and head whose head-view pixels are compared with the native engine. */
+const CHECKED_LAYER = 3;
+const CHECKED_HEAD = 5;
+
+checkPrerequisites();
+fs.mkdirSync(artifactsDir, { recursive: true });
+
+/** Returns how many pixels of a canvas differ from its top-left pixel. */
+async function countNonBlankPixels(page, selector) {
+  return page.$eval(selector, (canvas) => {
+    const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+    let count = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      if (data[i + 3] > 0 && (data[i] > 40 || data[i + 1] > 40 || data[i + 2] > 40)) count++;
+    }
+    return count;
+  });
+}
+
+/**
+ * Reads the colour at the centre of every head-view cell (row, column <= row) and
+ * returns { rows, indices } with the colour map index of each cell, row-major.
+ */
+async function readHeadViewCells(page) {
+  return page.evaluate(() => {
+    const view = window.focal.headView;
+    const { x, y, cell } = view.layout();
+    const context = view.canvas.getContext("2d");
+    const { data, width } = context.getImageData(0, 0, view.canvas.width, view.canvas.height);
+    const pixels = [];
+    for (let row = 0; row < view.rows; row++) {
+      for (let column = 0; column <= row; column++) {
+        const px = Math.floor(x + (column + 0.5) * cell);
+        const py = Math.floor(y + (row + 0.5) * cell);
+        const offset = (py * width + px) * 4;
+        pixels.push([data[offset], data[offset + 1], data[offset + 2]]);
+      }
+    }
+    return { rows: view.rows, pixels };
+  });
+}
+
+/** Runs the native engine on the same chat prompt and returns its probabilities. */
+async function nativeAttention(layer, head) {
+  const output = path.join(os.tmpdir(), `focal-e2e-heatmap-${process.pid}.json`);
+  try {
+    await run(focalBinary, [
+      "heatmap",
+      "--model", modelPath,
+      "--chat",
+      "--prompt", QUESTION,
+      "--layer", String(layer),
+      "--head", String(head),
+      "--format", "json",
+      "--output", output,
+    ]);
+    return JSON.parse(fs.readFileSync(output, "utf8"));
+  } finally {
+    fs.rmSync(output, { force: true });
+  }
+}
+
+describe("demo page with WebGPU", () => {
+  let server;
+  let browser;
+  let page;
+  let log;
+  let errors;
+
+  before(async () => {
+    server = await startServer();
+    browser = await launchBrowser();
+    ({ page, log, errors } = await openPage(browser, server.url));
+  });
+
+  after(async () => {
+    if (errors?.length) console.log(`page errors:\n${errors.join("\n")}`);
+    if (log?.length) console.log(`browser console:\n${log.slice(-40).join("\n")}`);
+    await browser?.close();
+    await server?.close();
+  });
+
+  test("model loads with progress", { timeout: LOAD_TIMEOUT }, async () => {
+    const phase = await waitForPhase(page, ["ready", "idle", "failed", "no-webgpu"], LOAD_TIMEOUT);
+    const status = await page.textContent("#model-status");
+    assert.equal(phase, "ready", `model status: ${status}`);
+    assert.match(status, /30 layers, 9 heads/);
+    assert.equal(await page.$eval("#download-progress", (bar) => bar.value), 1);
+    assert.equal(await page.$eval("#upload-progress", (bar) => bar.value), 1);
+    assert.match(await page.textContent("#download-text"), /98\.4 MB of 98\.4 MB/);
+  });
+
+  test("greedy answer names Paris", { timeout: GENERATE_TIMEOUT }, async () => {
+    await setPrompt(page, QUESTION, { temperature: 0, maxTokens: 12 });
+    await page.click("#generate");
+    await waitForPhase(page, ["generating"], MINUTE);
+    const phase = await waitForPhase(page, ["ready", "idle", "failed"], GENERATE_TIMEOUT);
+    const status = await page.textContent("#generate-status");
+    assert.equal(phase, "ready", `generate status: ${status}`);
+    const answer = await page.textContent("#answer");
+    assert.match(answer, /Paris/, `answer: ${answer}`);
+    assert.doesNotMatch(status, /failed/i, status);
+    assert.match(await page.textContent("#speed"), /tokens\/s/);
+    await page.screenshot({ path: path.join(artifactsDir, "demo.png"), fullPage: true });
+  });
+
+  test("head and model views are drawn", async () => {
+    assert.ok((await countNonBlankPixels(page, "#head-view")) > 1000, "head view is blank");
+    assert.ok((await countNonBlankPixels(page, "#model-view")) > 1000, "model view is blank");
+    assert.ok((await countNonBlankPixels(page, "#legend")) > 100, "legend is blank");
+    const roles = await page.evaluate(() => window.focal.modelView.roles.length);
+    assert.equal(roles, 30 * 9, "every head has a role label");
+  });
+
+  test("hover shows exact weight", async () => {
+    const box = await page.locator("#head-view").boundingBox();
+    const { x, y, cell } = await page.evaluate(() => window.focal.headView.layout());
+    await page.mouse.move(box.x + x + 2.5 * cell, box.y + y + 5.5 * cell);
+    const tooltip = await page.textContent("#head-tooltip");
+    assert.match(tooltip, /query 5 .* → key 2 .*: \d\.\d{4}/, tooltip);
+  });
+
+  test("head view pixels match native attention", { timeout: 3 * MINUTE }, async () => {
+    await page.selectOption("#scale", "linear");
+    await page.evaluate(([layer, head]) => window.focal.selectHead(layer, head), [CHECKED_LAYER, CHECKED_HEAD]);
+    await page.waitForFunction(() => window.focal.headView.rows === window.focal.state.rows);
+    await page.evaluate(() => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve))));
+    const { rows, pixels } = await readHeadViewCells(page);
+
+    const native = await nativeAttention(CHECKED_LAYER, CHECKED_HEAD);
+    const promptRows = native.rows;
+    assert.ok(promptRows >= 30 && promptRows <= rows, `native rows ${promptRows}, page rows ${rows}`);
+    let worst = { difference: -1 };
+    let cellIndex = 0;
+    for (let row = 0; row < promptRows; row++) {
+      for (let column = 0; column <= row; column++, cellIndex++) {
+        const [r, g, b] = pixels[cellIndex];
+        const shown = nearestColorIndex(r, g, b);
+        const expected = colorIndex(native.probs[row * native.cols + column], "linear");
+        const difference = Math.abs(shown - expected);
+        if (difference > worst.difference) worst = { difference, row, column, shown, expected };
+      }
+    }
+    // 5 colour steps of 255 on the linear scale is 0.02 in probability.
+    assert.ok(worst.difference <= 5, `largest difference: ${JSON.stringify(worst)}`);
+  });
+
+  test("prompt longer than context is rejected", { timeout: 3 * MINUTE }, async () => {
+    const answerBefore = await page.textContent("#answer");
+    await setPrompt(page, "Paris ".repeat(9000), { temperature: 0, maxTokens: 4 });
+    await page.click("#generate");
+    await page.waitForFunction(
+      () => document.querySelector("#generate-status").classList.contains("error"),
+      null,
+      { timeout: 2 * MINUTE },
+    );
+    const status = await page.textContent("#generate-status");
+    assert.match(status, /context holds 8192 tokens/, status);
+    assert.equal(await waitForPhase(page, ["ready"], MINUTE), "ready");
+    assert.equal(await page.textContent("#answer"), answerBefore, "the previous answer is kept");
+  });
+
+  test("stop and head switch mid-generation", { timeout: GENERATE_TIMEOUT }, async () => {
+    await setPrompt(page, "Name three colours.", { temperature: 0.8, maxTokens: 40, seed: 7 });
+    await page.click("#generate");
+    await page.waitForFunction(() => document.querySelector("#answer").textContent.length > 0, null, {
+      timeout: GENERATE_TIMEOUT,
+    });
+
+    await page.press("#prompt", "Control+Enter");
+    assert.match(await page.textContent("#generate-status"), /Already generating/);
+
+    await page.selectOption("#layer", "2");
+    await page.selectOption("#head", "1");
+    await page.click("#stop");
+    const phase = await waitForPhase(page, ["ready", "idle", "failed"], GENERATE_TIMEOUT);
+    assert.equal(phase, "ready");
+    const status = await page.textContent("#generate-status");
+    assert.match(status, /Stopped after \d+ tokens/, status);
+    const answer = await page.textContent("#answer");
+    assert.ok(answer.length > 0, "the partial answer is kept");
+
+    await page.waitForFunction(() => window.focal.headView.rows === window.focal.state.rows);
+    const selected = await page.evaluate(() => window.focal.state.selected);
+    assert.deepEqual(selected, { layer: 2, head: 1 });
+    assert.match(await page.textContent("#head-title"), /layer 2, head 1/);
+  });
+
+  test("bad model URLs show errors", { timeout: 2 * MINUTE }, async () => {
+    await page.fill("#model-url", "missing.gguf");
+    await page.click("#load");
+    await waitForPhase(page, ["idle"], MINUTE);
+    assert.match(await page.textContent("#model-status"), /HTTP 404/);
+
+    await page.fill("#model-url", "index.html");
+    await page.click("#load");
+    await waitForPhase(page, ["idle"], MINUTE);
+    assert.match(await page.textContent("#model-status"), /HTML page/);
+    assert.equal(await page.$eval("#generate", (button) => button.disabled), true);
+    assert.equal(await page.$eval("#load", (button) => button.disabled), false);
+    assert.deepEqual(errors, [], "the page threw");
+  });
+});
+
+describe("demo page with a truncated model", () => {
+  let server;
+  let browser;
+  let truncated;
+
+  before(async () => {
+    truncated = path.join(os.tmpdir(), `focal-e2e-truncated-${process.pid}.gguf`);
+    const handle = fs.openSync(modelPath, "r");
+    const head = Buffer.alloc(4 << 20);
+    fs.readSync(handle, head, 0, head.length, 0);
+    fs.closeSync(handle);
+    fs.writeFileSync(truncated, head);
+    server = await startServer({ model: truncated });
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+    fs.rmSync(truncated, { force: true });
+  });
+
+  test("truncated file shows an error", { timeout: 2 * MINUTE }, async () => {
+    const { page, errors } = await openPage(browser, server.url);
+    const phase = await waitForPhase(page, ["ready", "idle", "failed"], MINUTE);
+    const status = await page.textContent("#model-status");
+    assert.equal(phase, "idle", status);
+    assert.match(status, /Loading the model failed: .*GGUF/, status);
+    assert.equal(await page.$eval("#load", (button) => button.disabled), false);
+    assert.deepEqual(errors, [], "the page threw");
+  });
+});
+
+describe("demo page without WebGPU", () => {
+  let server;
+  let browser;
+
+  before(async () => {
+    server = await startServer();
+    browser = await launchBrowser({ webgpu: false });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  test("page explains missing WebGPU", { timeout: MINUTE }, async () => {
+    const { page, errors } = await openPage(browser, server.url);
+    assert.equal(await waitForPhase(page, ["no-webgpu", "ready", "idle", "failed"], MINUTE), "no-webgpu");
+    assert.equal(await page.isVisible("#no-webgpu"), true);
+    const reason = await page.textContent("#no-webgpu-reason");
+    assert.match(reason, /navigator\.gpu|adapter/, reason);
+    assert.match(await page.textContent("#no-webgpu"), /--enable-unsafe-webgpu/);
+    assert.equal(await page.$eval("#generate", (button) => button.disabled), true);
+    assert.deepEqual(errors, [], "the page threw");
+  });
+});
