@@ -9,7 +9,7 @@ demo: fetch-model build-web
     cargo run --release -p focal-cli -- serve --root web --model models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # Everything CI checks: formatting, lints, native GPU tests, the wasm build and the browser tests.
-test: fmt-check clippy test-native build-web
+test: fmt-check clippy test-native build-web e2e
 
 fmt-check:
     cargo fmt --all --check
@@ -32,6 +32,12 @@ build-web:
     else \
         echo "wasm-opt not found (npm install binaryen@132 adds it): wasm left unoptimised"; \
     fi
+
+# Browser tests: the demo page in headless Chromium (/usr/bin/chromium) on SwiftShader
+# WebGPU, driven by playwright-core; the screenshot lands in target/e2e/demo.png.
+e2e: fetch-model build-web
+    cargo build --release -p focal-cli
+    cd tests/e2e && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && npm test
 
 # Benchmarks: prints tables; record them in BENCHMARKS.md.
 bench *args:
