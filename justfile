@@ -9,7 +9,7 @@ demo: fetch-model build-web
     cargo run --release -p focal-cli -- serve --root web --model models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # Everything CI checks: formatting, lints, native GPU tests, the wasm build and the browser tests.
-test: fmt-check clippy test-native build-web e2e
+test: fetch-model fmt-check clippy test-native build-web e2e
 
 fmt-check:
     cargo fmt --all --check
@@ -46,3 +46,7 @@ bench *args:
 # Print the adapter and the features and limits Focal uses.
 info:
     cargo run --release -p focal-cli -- info
+
+# Download the SmolLM2-135M-Instruct GGUF into models/ and check its sha256 (skips a good file).
+fetch-model:
+    tests/fetch_model.sh

@@ -9,6 +9,7 @@ pub mod attention;
 mod context;
 mod error;
 pub mod kernels;
+pub mod model;
 pub mod shader;
 mod tensor;
 
