@@ -9,6 +9,7 @@ pub mod attention;
 mod context;
 mod error;
 pub mod kernels;
+pub mod kv;
 pub mod model;
 pub mod shader;
 mod tensor;
