@@ -62,3 +62,91 @@ pub fn model() -> Option<Model> {
         Err(message) => panic!("{message}"),
     }
 }
+
+/// One prompt of the reference fixture written by `tests/reference_logits.py`.
+pub struct ReferencePrompt {
+    pub text: String,
+    pub ids: Vec<u32>,
+    /// The 20 largest logits of the last position as (token id, logit), largest first.
+    pub top: Vec<(u32, f32)>,
+    /// Logits of tokens 0, stride, 2 * stride, ...
+    pub stride: usize,
+    pub strided_logits: Vec<f32>,
+}
+
+/// The reference fixture: token ids of sample texts and last-position logits of prompts.
+pub struct Reference {
+    pub tokenizer: Vec<(String, Vec<u32>)>,
+    pub prompts: Vec<ReferencePrompt>,
+}
+
+fn ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("ids array")
+        .iter()
+        .map(|v| v.as_u64().expect("token id") as u32)
+        .collect()
+}
+
+/// Parses tests/fixtures/smollm2_reference.json.
+pub fn reference() -> Reference {
+    let text = include_str!("fixtures/smollm2_reference.json");
+    let json: serde_json::Value = serde_json::from_str(text).expect("fixture is valid JSON");
+    let tokenizer = json["tokenizer"]
+        .as_array()
+        .expect("tokenizer cases")
+        .iter()
+        .map(|case| {
+            (
+                case["text"].as_str().unwrap().to_string(),
+                ids(&case["ids"]),
+            )
+        })
+        .collect();
+    let prompts = json["prompts"]
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .map(|p| ReferencePrompt {
+            text: p["text"].as_str().unwrap().to_string(),
+            ids: ids(&p["ids"]),
+            top: p["top"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|pair| {
+                    (
+                        pair[0].as_u64().unwrap() as u32,
+                        pair[1].as_f64().unwrap() as f32,
+                    )
+                })
+                .collect(),
+            stride: p["stride"].as_u64().unwrap() as usize,
+            strided_logits: p["strided_logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect(),
+        })
+        .collect();
+    Reference { tokenizer, prompts }
+}
+
+/// Returns the largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Returns the indices of the `k` largest values, largest first.
+pub fn top_k(values: &[f32], k: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..values.len() as u32).collect();
+    order.sort_by(|&a, &b| values[b as usize].total_cmp(&values[a as usize]));
+    order.truncate(k);
+    order
+}

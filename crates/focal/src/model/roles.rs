@@ -80,25 +80,43 @@ impl HeadScores {
         }
     }
 
-    /// Labels every head with the role of its highest score.
+    /// Labels every head with its strongest role.
+    ///
+    /// Raw scores of different roles have different scales (most heads put much weight
+    /// on the first token), so each score is first placed between that role's median
+    /// (0) and maximum (1) over all heads, and the head takes the role where it stands
+    /// highest. The reported score is the raw one.
     pub fn roles(&self) -> Vec<HeadRole> {
+        let ranges: Vec<(f32, f32)> = Role::ALL
+            .iter()
+            .map(|&role| {
+                let mut sorted = self.scores(role).to_vec();
+                sorted.sort_by(f32::total_cmp);
+                let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+                let max = sorted.last().copied().unwrap_or(0.0);
+                (median, (max - median).max(f32::EPSILON))
+            })
+            .collect();
         (0..self.layers * self.heads)
             .map(|i| {
-                let (role, score) = Role::ALL.iter().map(|&r| (r, self.scores(r)[i])).fold(
-                    (Role::Broad, f32::NEG_INFINITY),
-                    |best, next| {
+                let (role, _) = Role::ALL
+                    .iter()
+                    .zip(&ranges)
+                    .map(|(&role, &(median, spread))| {
+                        (role, (self.scores(role)[i] - median) / spread)
+                    })
+                    .fold((Role::Broad, f32::NEG_INFINITY), |best, next| {
                         if next.1 > best.1 {
                             next
                         } else {
                             best
                         }
-                    },
-                );
+                    });
                 HeadRole {
                     layer: i / self.heads,
                     head: i % self.heads,
                     role,
-                    score,
+                    score: self.scores(role)[i],
                 }
             })
             .collect()

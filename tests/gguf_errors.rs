@@ -1,0 +1,382 @@
+//! Corrupt and inconsistent model files: every case must return a typed error naming the
+//! field, without panicking or allocating more than the file justifies.
+
+#[allow(dead_code)]
+mod model_support;
+
+use focal::model::gguf::{Gguf, TensorType};
+use focal::model::Model;
+use focal::Error;
+
+/// Writes GGUF files for the tests, value by value.
+struct GgufWriter {
+    version: u32,
+    kv: Vec<u8>,
+    kv_count: u64,
+    infos: Vec<u8>,
+    data: Vec<u8>,
+    tensor_count: u64,
+}
+
+impl GgufWriter {
+    fn new() -> Self {
+        Self {
+            version: 3,
+            kv: Vec::new(),
+            kv_count: 0,
+            infos: Vec::new(),
+            data: Vec::new(),
+            tensor_count: 0,
+        }
+    }
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+
+    fn key(&mut self, key: &str, type_id: u32) {
+        Self::string(&mut self.kv, key);
+        self.kv.extend(type_id.to_le_bytes());
+        self.kv_count += 1;
+    }
+
+    fn u32(mut self, key: &str, value: u32) -> Self {
+        self.key(key, 4);
+        self.kv.extend(value.to_le_bytes());
+        self
+    }
+
+    fn f32(mut self, key: &str, value: f32) -> Self {
+        self.key(key, 6);
+        self.kv.extend(value.to_le_bytes());
+        self
+    }
+
+    fn str(mut self, key: &str, value: &str) -> Self {
+        self.key(key, 8);
+        Self::string(&mut self.kv, value);
+        self
+    }
+
+    fn strings(mut self, key: &str, values: &[&str]) -> Self {
+        self.key(key, 9);
+        self.kv.extend(8u32.to_le_bytes());
+        self.kv.extend((values.len() as u64).to_le_bytes());
+        for v in values {
+            Self::string(&mut self.kv, v);
+        }
+        self
+    }
+
+    /// Adds an f32 tensor with ggml dims (innermost first) filled with `value`.
+    fn tensor(mut self, name: &str, dims: &[u64], value: f32) -> Self {
+        let elements: u64 = dims.iter().product();
+        Self::string(&mut self.infos, name);
+        self.infos.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            self.infos.extend(d.to_le_bytes());
+        }
+        self.infos.extend(0u32.to_le_bytes());
+        self.infos.extend((self.data.len() as u64).to_le_bytes());
+        for _ in 0..elements {
+            self.data.extend(value.to_le_bytes());
+        }
+        while self.data.len() % 32 != 0 {
+            self.data.push(0);
+        }
+        self.tensor_count += 1;
+        self
+    }
+
+    fn build(&self) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend(self.version.to_le_bytes());
+        out.extend(self.tensor_count.to_le_bytes());
+        out.extend(self.kv_count.to_le_bytes());
+        out.extend(&self.kv);
+        out.extend(&self.infos);
+        while out.len() % 32 != 0 {
+            out.push(0);
+        }
+        out.extend(&self.data);
+        out
+    }
+}
+
+/// A tiny but complete Llama GGUF: 1 layer, 2 heads of size 4, hidden 8, vocab 4.
+fn tiny_llama() -> GgufWriter {
+    GgufWriter::new()
+        .str("general.architecture", "llama")
+        .u32("llama.block_count", 1)
+        .u32("llama.context_length", 16)
+        .u32("llama.embedding_length", 8)
+        .u32("llama.feed_forward_length", 8)
+        .u32("llama.attention.head_count", 2)
+        .u32("llama.attention.head_count_kv", 1)
+        .f32("llama.rope.freq_base", 10000.0)
+        .f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+        .str("tokenizer.ggml.model", "gpt2")
+        .strings("tokenizer.ggml.tokens", &["a", "b", "ab", "c"])
+        .strings("tokenizer.ggml.merges", &["a b"])
+}
+
+fn with_tensors(writer: GgufWriter, skip: &str, wrong: &str) -> GgufWriter {
+    let shapes: [(&str, &[u64]); 10] = [
+        ("token_embd.weight", &[8, 4]),
+        ("blk.0.attn_norm.weight", &[8]),
+        ("blk.0.attn_q.weight", &[8, 8]),
+        ("blk.0.attn_k.weight", &[8, 4]),
+        ("blk.0.attn_v.weight", &[8, 4]),
+        ("blk.0.attn_output.weight", &[8, 8]),
+        ("blk.0.ffn_norm.weight", &[8]),
+        ("blk.0.ffn_gate.weight", &[8, 8]),
+        ("blk.0.ffn_up.weight", &[8, 8]),
+        ("blk.0.ffn_down.weight", &[8, 8]),
+    ];
+    let mut writer = writer;
+    for (name, dims) in shapes {
+        if name == skip {
+            continue;
+        }
+        writer = if name == wrong {
+            writer.tensor(name, &[dims[0] * 2], 0.5)
+        } else {
+            writer.tensor(name, dims, 0.5)
+        };
+    }
+    writer.tensor("output_norm.weight", &[8], 1.0)
+}
+
+#[track_caller]
+fn assert_format_error<T: std::fmt::Debug>(result: focal::Result<T>, field_part: &str) {
+    match result {
+        Err(Error::Format { field, detail, .. }) => {
+            assert!(
+                field.contains(field_part),
+                "error names field {field:?} ({detail}), expected one containing {field_part:?}"
+            );
+        }
+        other => panic!("expected a format error on {field_part:?}, found {other:?}"),
+    }
+}
+
+#[test]
+fn tiny_file_parses() {
+    let bytes = with_tensors(tiny_llama(), "", "").build();
+    let gguf = Gguf::parse(&bytes).unwrap();
+    assert_eq!(gguf.tensors.len(), 11);
+    let (data, shape) = gguf.dequantize("blk.0.attn_k.weight").unwrap();
+    assert_eq!(shape, vec![4, 8]);
+    assert!(data.iter().all(|&v| v == 0.5));
+}
+
+#[test]
+fn bad_magic_and_version() {
+    let mut bytes = tiny_llama().build();
+    bytes[0] = b'X';
+    assert_format_error(Gguf::parse(&bytes), "magic");
+    for version in [0u32, 1, 4, u32::MAX] {
+        let mut writer = tiny_llama();
+        writer.version = version;
+        assert_format_error(Gguf::parse(&writer.build()), "version");
+    }
+    assert_format_error(Gguf::parse(b"GG"), "magic");
+    assert_format_error(Gguf::parse(b""), "magic");
+}
+
+#[test]
+fn huge_counts_are_rejected_before_allocating() {
+    let mut writer = tiny_llama();
+    writer.tensor_count = u64::MAX;
+    assert_format_error(Gguf::parse(&writer.build()), "tensor_count");
+
+    let mut writer = tiny_llama();
+    writer.kv_count = u64::MAX / 2;
+    assert_format_error(Gguf::parse(&writer.build()), "metadata_kv_count");
+
+    // A key whose length claims 2^60 bytes.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    bytes.extend(1u64.to_le_bytes());
+    bytes.extend((1u64 << 60).to_le_bytes());
+    bytes.extend([0u8; 16]);
+    assert_format_error(Gguf::parse(&bytes), "metadata key 0");
+
+    // A string array whose count claims 2^62 items.
+    let mut writer = GgufWriter::new();
+    writer.key("tokens", 9);
+    writer.kv.extend(8u32.to_le_bytes());
+    writer.kv.extend((1u64 << 62).to_le_bytes());
+    assert_format_error(Gguf::parse(&writer.build()), "tokens");
+}
+
+#[test]
+fn bad_tensor_infos_are_rejected() {
+    let mut writer = GgufWriter::new();
+    GgufWriter::string(&mut writer.infos, "five_dims");
+    writer.infos.extend(5u32.to_le_bytes());
+    writer.tensor_count = 1;
+    writer.infos.extend([0u8; 64]);
+    assert_format_error(Gguf::parse(&writer.build()), "five_dims n_dims");
+
+    let mut writer = GgufWriter::new();
+    GgufWriter::string(&mut writer.infos, "huge");
+    writer.infos.extend(2u32.to_le_bytes());
+    writer.infos.extend(u64::MAX.to_le_bytes());
+    writer.infos.extend(4u64.to_le_bytes());
+    writer.infos.extend(0u32.to_le_bytes());
+    writer.infos.extend(0u64.to_le_bytes());
+    writer.tensor_count = 1;
+    assert_format_error(Gguf::parse(&writer.build()), "huge dims");
+
+    let mut writer = GgufWriter::new().tensor("t", &[4], 1.0);
+    // Move the tensor's offset far past the end of the file.
+    let at = writer.infos.len() - 8;
+    writer.infos[at..].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert_format_error(Gguf::parse(&writer.build()), "t offset");
+
+    let mut writer = GgufWriter::new().tensor("t", &[4], 1.0);
+    let at = writer.infos.len() - 8;
+    writer.infos[at..].copy_from_slice(&3u64.to_le_bytes());
+    assert_format_error(Gguf::parse(&writer.build()), "t offset");
+}
+
+#[test]
+fn truncated_files_are_rejected() {
+    let bytes = with_tensors(tiny_llama(), "", "").build();
+    for len in [3, 8, 20, 24, 100, bytes.len() / 2, bytes.len() - 1] {
+        let result = Gguf::parse(&bytes[..len]);
+        assert!(
+            matches!(result, Err(Error::Format { .. })),
+            "truncated to {len} of {} bytes: {result:?}",
+            bytes.len()
+        );
+    }
+    if let Some(real) = model_support::model_bytes() {
+        for len in [1 << 10, 1 << 20, real.len() / 2, real.len() - 1] {
+            let result = Gguf::parse(&real[..len]);
+            assert!(
+                matches!(result, Err(Error::Format { .. })),
+                "real file cut to {len}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unsupported_tensor_type_is_named() {
+    let mut writer = GgufWriter::new().tensor("q4k", &[256], 1.0);
+    // Set the type field (4 bytes before the offset) to ggml's Q4_K (12).
+    let at = writer.infos.len() - 12;
+    writer.infos[at..at + 4].copy_from_slice(&12u32.to_le_bytes());
+    let bytes = writer.build();
+    let gguf = Gguf::parse(&bytes).unwrap();
+    assert_eq!(gguf.tensors[0].kind, TensorType::Other(12));
+    match gguf.dequantize("q4k") {
+        Err(Error::UnsupportedTensorType { tensor, kind }) => {
+            assert_eq!(tensor, "q4k");
+            assert!(kind.contains("12"), "{kind}");
+        }
+        other => panic!("expected UnsupportedTensorType, found {other:?}"),
+    }
+    assert!(matches!(
+        gguf.dequantize("absent"),
+        Err(Error::MissingTensor(_))
+    ));
+}
+
+#[test]
+fn missing_and_misshapen_tensors_are_named() {
+    let Some(ctx) = focal_tests::gpu() else {
+        return;
+    };
+    let complete = with_tensors(tiny_llama(), "", "").build();
+    let model = Model::from_gguf(&ctx, &complete, &mut |_, _| {}).unwrap();
+    let mut seq = model.new_sequence().unwrap();
+    let logits = model.forward_blocking(&mut seq, &[0, 1, 2]).unwrap();
+    assert_eq!(logits.len(), 4);
+    assert!(logits.iter().all(|v| v.is_finite()), "{logits:?}");
+
+    let missing = with_tensors(tiny_llama(), "blk.0.attn_v.weight", "").build();
+    match Model::from_gguf(&ctx, &missing, &mut |_, _| {}) {
+        Err(Error::MissingTensor(name)) => assert_eq!(name, "blk.0.attn_v.weight"),
+        other => panic!("expected MissingTensor, found {:?}", other.err()),
+    }
+
+    let misshapen = with_tensors(tiny_llama(), "", "blk.0.ffn_up.weight").build();
+    assert_format_error(
+        Model::from_gguf(&ctx, &misshapen, &mut |_, _| {}),
+        "blk.0.ffn_up.weight",
+    );
+
+    let no_heads = with_tensors(tiny_llama().u32("llama.attention.head_count", 0), "", "");
+    assert!(matches!(
+        Model::from_gguf(&ctx, &no_heads.build(), &mut |_, _| {}),
+        Err(Error::Format { .. })
+    ));
+}
+
+#[test]
+fn corrupt_safetensors_are_rejected() {
+    let Some(ctx) = focal_tests::gpu() else {
+        return;
+    };
+    let config = br#"{"num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "hidden_size": 8, "intermediate_size": 8, "vocab_size": 4, "hidden_act": "silu"}"#;
+    let tokenizer = br#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+        "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+        "byte_fallback": false, "vocab": {"a": 0, "b": 1, "ab": 2, "c": 3}, "merges": ["a b"]}}"#;
+
+    let header = |json: &str, extra: usize| {
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(json.as_bytes());
+        bytes.extend(vec![0u8; extra]);
+        bytes
+    };
+    let claims_too_much = 1u64 << 40;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty file", Vec::new()),
+        ("header longer than the file", {
+            let mut b = claims_too_much.to_le_bytes().to_vec();
+            b.extend(b"{}");
+            b
+        }),
+        ("header is not JSON", header("not json", 0)),
+        (
+            "data offsets past the end",
+            header(
+                r#"{"model.norm.weight": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}"#,
+                16,
+            ),
+        ),
+    ];
+    for (case, bytes) in cases {
+        let result = Model::from_hf(&ctx, config, &bytes, tokenizer, None, &mut |_, _| {});
+        match result {
+            Err(Error::Format { format, .. }) => assert_eq!(format, "safetensors", "{case}"),
+            other => panic!(
+                "{case}: expected a safetensors format error, found {:?}",
+                other.err()
+            ),
+        }
+    }
+
+    let valid_but_empty = header("{}", 0);
+    let result = Model::from_hf(
+        &ctx,
+        config,
+        &valid_but_empty,
+        tokenizer,
+        None,
+        &mut |_, _| {},
+    );
+    assert!(
+        matches!(result, Err(Error::MissingTensor(_))),
+        "{:?}",
+        result.err()
+    );
+}
