@@ -42,6 +42,12 @@ e2e: fetch-model build-web
 # Benchmarks: prints tables; record them in BENCHMARKS.md.
 bench *args:
     cargo run --release -p focal-cli -- bench {{args}}
+    # The numpy baseline runs the attention shapes on the CPU, for every benchmark but matmul.
+    if [ "{{args}}" != "matmul" ] && python3 -c 'import numpy' 2>/dev/null; then \
+        python3 tests/baselines/attention_numpy.py $(echo "{{args}}" | grep -o -- --quick || true); \
+    else \
+        echo "numpy baseline skipped (benchmark {{args}}, or python3 has no numpy)"; \
+    fi
 
 # Print the adapter and the features and limits Focal uses.
 info:

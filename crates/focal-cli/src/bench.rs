@@ -6,12 +6,15 @@ use focal::{kernels, Context, DType, Tensor};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark to run: matmul or all.
+    /// Which benchmark to run: matmul, attention, window, sparse, decode or all.
     #[arg(default_value = "all")]
     pub which: String,
     /// Timed repetitions per case, after one warm-up run.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Run the small sizes only (attention benchmarks), for a run of about a minute.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 pub fn run(args: &BenchArgs) -> focal::Result<()> {
@@ -22,11 +25,18 @@ pub fn run(args: &BenchArgs) -> focal::Result<()> {
         info.name, info.backend, info.device_type
     );
     match args.which.as_str() {
-        "matmul" | "all" => matmul(&ctx, args.reps),
+        "matmul" => matmul(&ctx, args.reps),
+        "attention" | "window" | "sparse" | "decode" => {
+            attention_bench(args).run(&ctx, &args.which)
+        }
+        "all" => {
+            matmul(&ctx, args.reps)?;
+            attention_bench(args).run(&ctx, "all")
+        }
         other => Err(focal::Error::InvalidArgument {
             name: "benchmark",
             value: other.to_string(),
-            reason: "expected one of: matmul, all".into(),
+            reason: "expected one of: matmul, attention, window, sparse, decode, all".into(),
         }),
     }
 }
@@ -73,4 +83,11 @@ fn matmul(ctx: &Context, reps: usize) -> focal::Result<()> {
         }
     }
     Ok(())
+}
+
+fn attention_bench(args: &BenchArgs) -> crate::bench_attention::AttentionBench {
+    crate::bench_attention::AttentionBench {
+        reps: args.reps,
+        quick: args.quick,
+    }
 }

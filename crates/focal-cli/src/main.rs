@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_attention;
 mod serve;
 
 #[derive(Parser)]
