@@ -63,7 +63,11 @@ const DIMS_PER_THREAD: u32 = (HEAD_DIM + THREADS_PER_ROW - 1u) / THREADS_PER_ROW
 var<workgroup> q_tile: array<vec4<f32>, ROWS * VEC4S>;
 var<workgroup> k_tile: array<vec4<f32>, TILE_KEYS * VEC4S>;
 var<workgroup> v_tile: array<f32, TILE_KEYS * HEAD_DIM>;
+// Scores of the current tile, then their exp(s - max).
 var<workgroup> scores: array<f32, ROWS * TILE_KEYS>;
+// Running max of each row before the current tile, and after it.
+var<workgroup> row_max: array<f32, ROWS>;
+var<workgroup> next_max: array<f32, ROWS>;
 
 fn sees(query: u32, key: u32) -> bool {
     if (key > query) {
@@ -132,7 +136,9 @@ fn paged_partial(
 
     let my_row = lindex / THREADS_PER_ROW;
     let lane = lindex % THREADS_PER_ROW;
-    var running_max = MASKED;
+    if (lindex < ROWS) {
+        row_max[lindex] = MASKED;
+    }
     var running_sum = 0.0;
     var acc: array<f32, DIMS_PER_THREAD>;
 
@@ -200,40 +206,55 @@ fn paged_partial(
 #endif
             workgroupBarrier();
 
-            // Online softmax: every invocation of a row reads the row's scores and keeps
-            // identical copies of the running max and sum. Rescaling acc by
-            // exp(old max - new max) keeps acc = sum over keys of exp(s - max) * v.
-            var tile_max = MASKED;
-            for (var t = 0u; t < TILE_KEYS; t++) {
-                tile_max = max(tile_max, scores[my_row * TILE_KEYS + t]);
-            }
-            if (tile_max > MASKED) {
-                let new_max = max(running_max, tile_max);
-                let rescale = exp(running_max - new_max);
-                for (var j = 0u; j < DIMS_PER_THREAD; j++) {
-                    acc[j] *= rescale;
-                }
-                var tile_sum = 0.0;
+            // Each row's new running max: the old one or the tile's largest score.
+            if (lindex < ROWS) {
+                var tile_max = row_max[lindex];
                 for (var t = 0u; t < TILE_KEYS; t++) {
-                    let s = scores[my_row * TILE_KEYS + t];
-                    if (s > MASKED) {
-                        let p = exp(s - new_max);
-                        tile_sum += p;
-                        for (var j = 0u; j < DIMS_PER_THREAD; j++) {
-                            let d = lane + j * THREADS_PER_ROW;
-                            if (d < HEAD_DIM) {
-                                acc[j] += p * v_tile[t * HEAD_DIM + d];
-                            }
-                        }
+                    tile_max = max(tile_max, scores[lindex * TILE_KEYS + t]);
+                }
+                next_max[lindex] = tile_max;
+            }
+            workgroupBarrier();
+
+            // Turn scores into exp(s - new max), once per (row, key).
+            for (var i = lindex; i < ROWS * TILE_KEYS; i += WG) {
+                let s = scores[i];
+                var p = 0.0;
+                if (s > MASKED) {
+                    p = exp(s - next_max[i / TILE_KEYS]);
+                }
+                scores[i] = p;
+            }
+            workgroupBarrier();
+
+            // Online softmax: rescaling by exp(old max - new max) keeps
+            // acc = sum over keys of exp(s - max) * v and sum = sum of exp(s - max).
+            // Every invocation of a row keeps an identical copy of the row's sum.
+            let rescale = exp(row_max[my_row] - next_max[my_row]);
+            var tile_sum = 0.0;
+            for (var j = 0u; j < DIMS_PER_THREAD; j++) {
+                acc[j] *= rescale;
+            }
+            for (var t = 0u; t < TILE_KEYS; t++) {
+                let p = scores[my_row * TILE_KEYS + t];
+                tile_sum += p;
+                for (var j = 0u; j < DIMS_PER_THREAD; j++) {
+                    let d = lane + j * THREADS_PER_ROW;
+                    if (d < HEAD_DIM) {
+                        acc[j] += p * v_tile[t * HEAD_DIM + d];
                     }
                 }
-                running_sum = running_sum * rescale + tile_sum;
-                running_max = new_max;
             }
-            // The next tile overwrites k_tile, v_tile and scores.
+            running_sum = running_sum * rescale + tile_sum;
+            // Every invocation has read row_max and the probabilities of this tile.
             workgroupBarrier();
+            if (lindex < ROWS) {
+                row_max[lindex] = next_max[lindex];
+            }
         }
     }
+    // Makes the last row_max update visible (and orders the initial one when no tile ran).
+    workgroupBarrier();
 
     let row = first_row + my_row;
     if (row < rows_here) {
@@ -247,7 +268,7 @@ fn paged_partial(
             }
         }
         if (lane == 0u) {
-            partial_stats[chunk * rows_total + global_row] = vec2<f32>(running_max, running_sum);
+            partial_stats[chunk * rows_total + global_row] = vec2<f32>(row_max[my_row], running_sum);
         }
     }
 }

@@ -33,10 +33,11 @@ pub fn run(args: &BenchArgs) -> focal::Result<()> {
             matmul(&ctx, args.reps)?;
             attention_bench(args).run(&ctx, "all")
         }
+        "kv" => crate::bench_kv::run(&ctx, args.reps),
         other => Err(focal::Error::InvalidArgument {
             name: "benchmark",
             value: other.to_string(),
-            reason: "expected one of: matmul, attention, window, sparse, decode, all".into(),
+            reason: "expected one of: matmul, attention, window, sparse, decode, kv, all".into(),
         }),
     }
 }

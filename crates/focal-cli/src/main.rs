@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_attention;
+mod bench_kv;
 mod serve;
 
 #[derive(Parser)]
