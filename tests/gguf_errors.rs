@@ -82,7 +82,7 @@ impl GgufWriter {
         for _ in 0..elements {
             self.data.extend(value.to_le_bytes());
         }
-        while self.data.len() % 32 != 0 {
+        while !self.data.len().is_multiple_of(32) {
             self.data.push(0);
         }
         self.tensor_count += 1;
@@ -96,7 +96,7 @@ impl GgufWriter {
         out.extend(self.kv_count.to_le_bytes());
         out.extend(&self.kv);
         out.extend(&self.infos);
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         out.extend(&self.data);

@@ -34,6 +34,7 @@ pub fn run(args: &BenchArgs) -> focal::Result<()> {
             attention_bench(args).run(&ctx, "all")
         }
         "kv" => crate::bench_kv::run(&ctx, args.reps),
+        "model" => crate::bench_model::run(&ctx, args.reps),
         other => Err(focal::Error::InvalidArgument {
             name: "benchmark",
             value: other.to_string(),

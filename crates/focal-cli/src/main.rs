@@ -3,6 +3,10 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_model;
+mod generate;
+mod heatmap;
+mod roles;
 mod bench_attention;
 mod bench_kv;
 mod serve;
@@ -25,6 +29,12 @@ enum Command {
     Info,
     /// Run the benchmarks and print a table of results.
     Bench(bench::BenchArgs),
+    /// Generate text with a language model, streaming it and printing tokens/s.
+    Generate(generate::GenerateArgs),
+    /// Draw attention probabilities of one head, or of every layer and head, as a PNG.
+    Heatmap(heatmap::HeatmapArgs),
+    /// Score every attention head on known roles and print a table.
+    Roles(roles::RolesArgs),
     /// Serve the browser demo (the page folder and the model file) on 127.0.0.1.
     Serve(serve::ServeArgs),
 }
@@ -35,6 +45,9 @@ fn main() {
     let result = match cli.command {
         Command::Info => info(),
         Command::Bench(args) => bench::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Heatmap(args) => heatmap::run(&args),
+        Command::Roles(args) => roles::run(&args),
         Command::Serve(args) => serve::run(&args),
     };
     if let Err(e) = result {
