@@ -37,6 +37,7 @@ build-web:
 # WebGPU, driven by playwright-core; the screenshot lands in target/e2e/demo.png.
 e2e: fetch-model build-web
     cargo build --release -p focal-cli
+    cargo build --release -p focal-web --example native_attention
     cd tests/e2e && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && npm test
 
 # Benchmarks: prints tables; record them in BENCHMARKS.md.

@@ -11,6 +11,8 @@ import { chromium } from "playwright-core";
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const focalBinary = process.env.FOCAL_BIN ?? path.join(repoRoot, "target/release/focal");
+/** Native helper that prints a head's attention probabilities for a prompt as JSON. */
+export const nativeAttentionBinary = path.join(repoRoot, "target/release/examples/native_attention");
 export const modelPath =
   process.env.FOCAL_MODEL ?? path.join(repoRoot, "models/SmolLM2-135M-Instruct.Q4_1.gguf");
 export const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
@@ -41,6 +43,9 @@ export function checkPrerequisites() {
   const missing = [];
   if (!fs.existsSync(chromiumPath)) missing.push(`${chromiumPath} (apt-get install chromium)`);
   if (!fs.existsSync(focalBinary)) missing.push(`${focalBinary} (cargo build --release -p focal-cli)`);
+  if (!fs.existsSync(nativeAttentionBinary)) {
+    missing.push(`${nativeAttentionBinary} (cargo build --release -p focal-web --example native_attention)`);
+  }
   if (!fs.existsSync(path.join(repoRoot, "web/pkg/focal_web_bg.wasm"))) {
     missing.push("web/pkg/focal_web_bg.wasm (just build-web)");
   }
