@@ -2,8 +2,8 @@
 //
 // q and out are [q_heads, q_len, HEAD_DIM]; query row i sits at sequence position
 // seq_len - q_len + i (causal, aligned to the bottom right). K and V are read in place
-// from the pool [num_blocks, kv_heads, block_size, HEAD_DIM] through the block table:
-// key j lives in physical block table[j / block_size] at offset j % block_size.
+// from the pool [num_blocks, kv_heads, BLOCK_SIZE, HEAD_DIM] through the block table:
+// key j lives in physical block table[j / BLOCK_SIZE] at offset j % BLOCK_SIZE.
 // Evicted blocks hold EVICTED in the table and are never read. Query head h reads KV
 // head h / (q_heads / kv_heads) (GQA).
 //
@@ -18,12 +18,15 @@
 //
 // Constants from the host: HEAD_DIM (a multiple of 4), ROWS (query rows per
 // workgroup), TILE_KEYS (keys per shared-memory tile), WG (invocations, a multiple
-// of ROWS).
+// of ROWS) and BLOCK_SIZE (tokens per block). BLOCK_SIZE is a constant rather than a
+// parameter because an integer division by a runtime value is slow on many GPUs and
+// on CPU drivers such as lavapipe, and the load loop divides once per element.
 
 #default HEAD_DIM 64u
 #default ROWS 4u
 #default TILE_KEYS 16u
 #default WG 64u
+#default BLOCK_SIZE 16u
 
 struct Params {
     q_heads: u32,
@@ -68,6 +71,8 @@ var<workgroup> scores: array<f32, ROWS * TILE_KEYS>;
 // Running max of each row before the current tile, and after it.
 var<workgroup> row_max: array<f32, ROWS>;
 var<workgroup> next_max: array<f32, ROWS>;
+// Sequence position of each row's query.
+var<workgroup> row_query: array<u32, ROWS>;
 
 fn sees(query: u32, key: u32) -> bool {
     if (key > query) {
@@ -80,9 +85,7 @@ fn sees(query: u32, key: u32) -> bool {
 fn masked_score(i: u32, dot_product: f32, first_row: u32, rows_here: u32, tile_end: u32, t0: u32) -> f32 {
     let r = i / TILE_KEYS;
     let key = t0 + i % TILE_KEYS;
-    let row = first_row + r;
-    let query = params.seq_len - params.q_len + row % params.q_len;
-    if (row < rows_here && key < tile_end && sees(query, key)) {
+    if (first_row + r < rows_here && key < tile_end && sees(row_query[r], key)) {
         return dot_product * params.scale;
     }
     return MASKED;
@@ -138,6 +141,7 @@ fn paged_partial(
     let lane = lindex % THREADS_PER_ROW;
     if (lindex < ROWS) {
         row_max[lindex] = MASKED;
+        row_query[lindex] = offset + (first_row + lindex) % params.q_len;
     }
     var running_sum = 0.0;
     var acc: array<f32, DIMS_PER_THREAD>;
@@ -154,10 +158,10 @@ fn paged_partial(
                 var k_value = vec4<f32>(0.0);
                 var v_value = vec4<f32>(0.0);
                 if (key < tile_end) {
-                    let block = block_table[key / params.block_size];
+                    let block = block_table[key / BLOCK_SIZE];
                     if (block != EVICTED) {
-                        let slot = (block * params.kv_heads + kv_head) * params.block_size
-                            + key % params.block_size;
+                        let slot = (block * params.kv_heads + kv_head) * BLOCK_SIZE
+                            + key % BLOCK_SIZE;
                         k_value = vec4<f32>(k_pool[slot * VEC4S + i % VEC4S]);
                         v_value = vec4<f32>(v_pool[slot * VEC4S + i % VEC4S]);
                     }

@@ -102,10 +102,21 @@ impl PagedAttentionOptions {
     }
 }
 
-/// Returns the keys per chunk: at least 256, and enough that at most 64 chunks cover
-/// `seq_len`, a multiple of `tile_keys`.
-fn default_chunk_keys(seq_len: usize) -> usize {
-    seq_len.div_ceil(64).max(256)
+/// Workgroups that the default chunking aims for across all chunks, KV heads and row
+/// tiles, so that a GPU has enough independent work during decode.
+const TARGET_WORKGROUPS: usize = 256;
+
+/// Fewest keys per chunk that the default chunking uses.
+const MIN_CHUNK_KEYS: usize = 256;
+
+/// Returns the default keys per chunk: enough chunks for about [`TARGET_WORKGROUPS`]
+/// workgroups when `other_groups` workgroups (KV heads times row tiles) share each
+/// chunk, each chunk covering at least [`MIN_CHUNK_KEYS`] keys.
+fn default_chunk_keys(seq_len: usize, other_groups: usize) -> usize {
+    let chunks = (TARGET_WORKGROUPS / other_groups.max(1))
+        .min(seq_len.div_ceil(MIN_CHUNK_KEYS))
+        .max(1);
+    seq_len.div_ceil(chunks)
 }
 
 #[repr(C)]
@@ -232,13 +243,13 @@ impl KvCache {
         let group = q_heads / config.kv_heads;
         let tiles = paged_tiles(self.ctx.limits(), config.head_dim, group * q_len)?;
         let tile_keys = tiles.tile_keys as usize;
+        let row_tiles = (group * q_len).div_ceil(tiles.rows as usize);
         let chunk_keys = options
             .chunk_keys
-            .unwrap_or_else(|| default_chunk_keys(seq_len))
+            .unwrap_or_else(|| default_chunk_keys(seq_len, config.kv_heads * row_tiles))
             .max(1)
             .next_multiple_of(tile_keys);
         let num_chunks = seq_len.div_ceil(chunk_keys);
-        let row_tiles = (group * q_len).div_ceil(tiles.rows as usize);
         let rows_total = q_heads * q_len;
         let (acc, stats) = self.scratch(num_chunks * rows_total)?;
 
@@ -247,7 +258,8 @@ impl KvCache {
             .define_u32("HEAD_DIM", to_u32("head_dim", config.head_dim)?)
             .define_u32("ROWS", tiles.rows)
             .define_u32("TILE_KEYS", tiles.tile_keys)
-            .define_u32("WG", tiles.workgroup);
+            .define_u32("WG", tiles.workgroup)
+            .define_u32("BLOCK_SIZE", to_u32("block_size", config.block_size)?);
         let (sinks, window_size) = window.map_or((0, 0), |w| (w.sinks, w.size));
         let params = Params {
             q_heads: to_u32("q_heads", q_heads)?,
