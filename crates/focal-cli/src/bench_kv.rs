@@ -48,7 +48,7 @@ fn filled_cache(
     Ok((cache, id))
 }
 
-/// Runs `f` once and waits for the GPU; returns the wall time in milliseconds.
+/// Times one run of `f` plus the wait for the GPU, in milliseconds.
 fn time_once(ctx: &Context, f: impl FnOnce() -> Result<()>) -> Result<f64> {
     let start = Instant::now();
     f()?;
@@ -63,10 +63,11 @@ fn median(mut times: Vec<f64>) -> f64 {
 
 fn decode(ctx: &Context, reps: usize) -> Result<()> {
     println!(
-        "\n| KV decode, 9/3 heads, d 64, f32 | context | contiguous decode ms | \
-         paged, 1 block ms | paged, block 16 ms | paged / contiguous |"
+        "\nKV decode, 9 query heads, 3 KV heads, head size 64, f32\n\n\
+         | context | contiguous decode ms | paged, 1 block ms | paged, block 16 ms | \
+         paged / contiguous |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|");
     for len in CONTEXTS {
         let keys = Tensor::from_f32(
             ctx,
@@ -123,7 +124,7 @@ fn decode(ctx: &Context, reps: usize) -> Result<()> {
         }
         let [contiguous, one_block_ms, paged_ms] = times.map(median);
         println!(
-            "| | {len} | {contiguous:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {len} | {contiguous:.2} | {:.2} | {:.2} | {:.2} |",
             one_block_ms,
             paged_ms,
             paged_ms / contiguous
@@ -165,7 +166,7 @@ fn fork(ctx: &Context, reps: usize) -> Result<()> {
     let after = cache.stats();
 
     // The first token appended to a child copies the shared partial block in every layer.
-    let one = Tensor::from_f32(
+    let new_row = Tensor::from_f32(
         ctx,
         &pattern(KV_HEADS * HEAD_DIM, 5),
         &[KV_HEADS, 1, HEAD_DIM],
@@ -175,7 +176,7 @@ fn fork(ctx: &Context, reps: usize) -> Result<()> {
     let mut encoder = ctx.encoder();
     let reservation = cache.reserve(&mut encoder, children[0], 1)?;
     for layer in 0..FORK_LAYERS {
-        cache.write_into(&mut encoder, children[0], layer, &one, &one)?;
+        cache.write_into(&mut encoder, children[0], layer, &new_row, &new_row)?;
     }
     ctx.submit(encoder);
     ctx.wait_idle()?;
