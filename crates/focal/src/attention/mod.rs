@@ -29,6 +29,14 @@
 //!   `j / block_size` for query block `i / block_size`.
 //!
 //! A row with no visible key produces zeros and a log-sum-exp of `-inf`.
+//!
+//! # Variants
+//!
+//! Every kernel compiles for f32 and f16 and runs without subgroups, as the browser
+//! build needs. Split-K decode and the naive kernel's row softmax use subgroup
+//! reductions when the context has the SUBGROUP feature. Flash prefill gives each
+//! query row its own invocation, so it has no cross-invocation reduction that
+//! subgroups would speed up.
 
 mod decode;
 mod flash;
@@ -53,7 +61,7 @@ use crate::{Context, Result, Tensor};
 /// Head sizes the kernels are compiled for.
 pub const SUPPORTED_HEAD_DIMS: &[usize] = &[32, 64, 80, 96, 128];
 
-/// A sliding window around each query position: row at position `p` sees keys
+/// A sliding window around each query position: the row at position `p` attends to keys
 /// `p - left ..= p + right`. With a causal mask, `right` has no effect, and a window
 /// of `W` keys including the row's own is `Window { left: W - 1, right: 0 }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,7 +70,8 @@ pub struct Window {
     pub right: usize,
 }
 
-/// Which keys each query row sees; see the module documentation for the exact rules.
+/// Rule for which keys each query row attends to; the module documentation states it
+/// exactly.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Mask {
     /// Hide keys after the row's position (bottom-right aligned).
@@ -77,12 +86,12 @@ pub struct Mask {
 }
 
 impl Mask {
-    /// Every key is visible.
+    /// Returns a mask under which every key is visible.
     pub fn none() -> Self {
         Self::default()
     }
 
-    /// Causal mask, bottom-right aligned.
+    /// Returns the causal mask, bottom-right aligned.
     pub fn causal() -> Self {
         Self {
             causal: true,
@@ -150,7 +159,7 @@ impl Mask {
 pub struct AttentionOptions {
     /// Factor applied to `q . k`; `None` means `1 / sqrt(head_dim)`.
     pub scale: Option<f32>,
-    /// Which keys each query row sees.
+    /// Visibility rule for keys.
     pub mask: Mask,
     /// Number of KV chunks that split-K decode processes in parallel; `None` picks one
     /// from the lengths (see [`decode_splits`]). Ignored by the other kernels.
