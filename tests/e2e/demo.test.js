@@ -314,7 +314,7 @@ describe("demo page without WebGPU", () => {
 
   // The heatmap classes need no WebGPU, so this feeds them synthetic attention rows: a
   // sink on token 0 plus a previous-token diagonal, one row per step as in generation.
-  test("heatmaps handle 2048 tokens", { timeout: 3 * MINUTE }, async () => {
+  test("heatmaps handle 2048 tokens and clicks", { timeout: 3 * MINUTE }, async () => {
     const { page, errors } = await openPage(browser, server.url);
     await waitForPhase(page, ["no-webgpu"], MINUTE);
     const timing = await page.evaluate(async () => {
@@ -363,6 +363,13 @@ describe("demo page without WebGPU", () => {
     assert.equal(shown, expected, tooltip);
     assert.ok((await countNonBlankPixels(page, "#head-view")) > 1000, "head view is blank");
     assert.ok((await countNonBlankPixels(page, "#model-view")) > 1000, "model view is blank");
+
+    const thumbnail = page.locator("#model-view");
+    await thumbnail.scrollIntoViewIfNeeded();
+    const origin = await page.evaluate(() => window.focal.modelView.cellOrigin(4, 7));
+    await thumbnail.click({ position: { x: origin.x + 10, y: origin.y + 10 } });
+    assert.deepEqual(await page.evaluate(() => window.focal.state.selected), { layer: 4, head: 7 });
+    assert.match(await page.textContent("#head-title"), /layer 4, head 7/);
     assert.deepEqual(errors, [], "the page threw");
   });
 });
