@@ -1,6 +1,6 @@
 //! Attention capture: probabilities of any layer and head recomputed after the fact as
 //! `exp(q . k * scale - lse)` from the queries, keys and log-sum-exps that every forward
-//! pass stores anyway, so generation pays nothing when nobody looks.
+//! pass stores anyway, so generation pays nothing when no capture is requested.
 
 use std::ops::Range;
 

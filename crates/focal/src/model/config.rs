@@ -25,7 +25,7 @@ pub struct LlamaConfig {
     pub vocab: usize,
     pub rope_theta: f32,
     pub rms_eps: f32,
-    /// Longest sequence the model was trained for, in tokens.
+    /// Maximum sequence length the model was trained for, in tokens.
     pub context_length: usize,
 }
 

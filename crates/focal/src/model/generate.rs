@@ -1,9 +1,9 @@
 //! Step-wise text generation: sampling (greedy, temperature, top-k, top-p, repetition
 //! penalty, seed), stop conditions and incremental text for streaming.
 //!
-//! [`Generator::prefill`] runs the prompt; each [`Generator::step`] returns one token
-//! and its text, so a browser can drive generation from its event loop and a caller
-//! cancels by not asking for the next step.
+//! [`Generator::prefill`] runs the prompt, and each [`Generator::step`] returns one token
+//! and its text. A browser drives generation from its event loop this way, and a caller
+//! cancels by not requesting the next step.
 
 use super::sequence::Sequence;
 use super::Model;
@@ -101,7 +101,7 @@ impl GenerateOptions {
     }
 }
 
-/// Why generation ended.
+/// Reason generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// The model produced an end-of-sequence or end-of-turn token.
@@ -229,7 +229,7 @@ impl Sampler {
     }
 }
 
-/// What the last forward call left for the next step.
+/// Output of the last forward call, consumed by the next step.
 enum Next {
     None,
     Logits(Vec<f32>),
@@ -294,7 +294,7 @@ impl Generator {
         })
     }
 
-    /// The sequence being generated, for attention capture and forks.
+    /// Returns the sequence being generated, for attention capture and forks.
     pub fn sequence(&self) -> &Sequence {
         &self.seq
     }
@@ -304,12 +304,12 @@ impl Generator {
         &self.generated
     }
 
-    /// Why generation ended, once it has.
+    /// Returns the reason generation ended, once it has.
     pub fn stop_reason(&self) -> Option<StopReason> {
         self.stopped
     }
 
-    /// Ends generation between tokens; later steps return `None`. The sequence holds
+    /// Ends generation between tokens; later steps return `None`. The sequence contains
     /// every token emitted so far.
     pub fn cancel(&mut self) {
         self.stopped.get_or_insert(StopReason::Cancelled);

@@ -88,7 +88,7 @@ impl Model {
 
     /// Loads a model in the Hugging Face layout from the contents of `config.json`,
     /// `model.safetensors`, `tokenizer.json` and, when present, `tokenizer_config.json`
-    /// (which holds the chat template).
+    /// (which contains the chat template).
     pub fn from_hf(
         ctx: &Context,
         config_json: &[u8],

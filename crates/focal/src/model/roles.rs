@@ -84,7 +84,7 @@ impl HeadScores {
     ///
     /// Raw scores of different roles have different scales (most heads put much weight
     /// on the first token), so each score is first placed between that role's median
-    /// (0) and maximum (1) over all heads, and the head takes the role where it stands
+    /// (0) and maximum (1) over all heads, and the head takes the role where its placement is
     /// highest. The reported score is the raw one.
     pub fn roles(&self) -> Vec<HeadRole> {
         let ranges: Vec<(f32, f32)> = Role::ALL

@@ -20,7 +20,7 @@ const TOKEN_TYPE_CONTROL: i64 = 3;
 /// llama.cpp's token type for user-defined tokens, which match whole but decode as text.
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
-/// One chat message, as the chat template sees it.
+/// One chat message, as the chat template receives it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChatMessage {
     /// `system`, `user` or `assistant`.
@@ -245,7 +245,7 @@ impl Tokenizer {
         }
     }
 
-    /// The wrapped `tokenizers` tokenizer.
+    /// Returns the wrapped `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
@@ -268,7 +268,7 @@ impl Tokenizer {
     }
 
     /// Encodes text to token ids, matching special tokens written in the text and adding
-    /// BOS when the model asks for it.
+    /// BOS when the model's metadata requests it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self.inner.encode(text, false).map_err(tokenizer_error)?;
         let mut ids = Vec::with_capacity(encoding.len() + 1);
