@@ -3,12 +3,12 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_attention;
+mod bench_kv;
 mod bench_model;
 mod generate;
 mod heatmap;
 mod roles;
-mod bench_attention;
-mod bench_kv;
 mod serve;
 
 #[derive(Parser)]
