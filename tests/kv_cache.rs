@@ -714,3 +714,98 @@ fn bad_input_returns_typed_errors() {
         "{err}"
     );
 }
+
+/// Returns `[1, kv_heads, len, head_dim]` data of one layer of `host`, as the contiguous
+/// attention kernels take it.
+fn contiguous(rows: &[Vec<f32>]) -> Vec<f32> {
+    rows.concat()
+}
+
+#[test]
+fn paged_decode_random_lengths() {
+    use rand::{Rng, SeedableRng};
+    let Some(ctx) = gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for case in 0..6 {
+        let bs = [1, 16, 64][rng.gen_range(0..3)];
+        let kv_heads = rng.gen_range(1..=3);
+        let group = [1, 3, 8][rng.gen_range(0..3)];
+        let d = [32, 64, 128][rng.gen_range(0..3)];
+        let chunks: Vec<usize> = (0..rng.gen_range(1..4))
+            .map(|_| rng.gen_range(1..60))
+            .collect();
+        let mut cache = cache(&ctx, 1, kv_heads, d, bs, DType::F32);
+        let id = cache.create(None).unwrap();
+        let mut host = HostRows::new(1, kv_heads);
+        for (i, &n) in chunks.iter().enumerate() {
+            append(
+                &mut cache,
+                &ctx,
+                id,
+                &mut host,
+                n,
+                500 + case * 10 + i as u64,
+            );
+        }
+        let options = PagedAttentionOptions {
+            chunk_keys: Some(rng.gen_range(1..80)),
+            ..plain(&ctx, d)
+        };
+        let label = format!(
+            "case {case}: bs {bs} chunks {chunks:?} gqa {}/{kv_heads} d {d} split {:?}",
+            group * kv_heads,
+            options.chunk_keys
+        );
+        let q_heads = group * kv_heads;
+        check_attention(
+            &ctx, &cache, id, &host, q_heads, 1, &options, causal, &label,
+        );
+    }
+}
+
+#[test]
+fn paged_matches_contiguous_attention() {
+    use focal::attention::{attention, AttentionOptions, Mask};
+    let Some(ctx) = gpu() else { return };
+    let (q_heads, kv_heads, d) = (9, 3, 64);
+    let window = Window { sinks: 4, size: 24 };
+    for windowed in [false, true] {
+        let mut cache = cache(&ctx, 1, kv_heads, d, 16, DType::F32);
+        let id = cache.create(windowed.then_some(window)).unwrap();
+        let mut host = HostRows::new(1, kv_heads);
+        append(&mut cache, &ctx, id, &mut host, 50, 1);
+        for step in 0..3 {
+            append(&mut cache, &ctx, id, &mut host, 1, 2 + step);
+        }
+        let len = cache.len(id).unwrap();
+
+        let q = random_vec(q_heads * d, 3);
+        let qt = Tensor::from_f32(&ctx, &q, &[1, q_heads, 1, d], DType::F32).unwrap();
+        let options = PagedAttentionOptions {
+            chunk_keys: Some(16),
+            ..plain(&ctx, d)
+        };
+        let (paged, _) = cache.attention(id, 0, &qt, &options).unwrap();
+
+        let shape = [1, kv_heads, len, d];
+        let k = Tensor::from_f32(&ctx, &contiguous(&host.keys[0]), &shape, DType::F32).unwrap();
+        let v = Tensor::from_f32(&ctx, &contiguous(&host.values[0]), &shape, DType::F32).unwrap();
+        let mask = if windowed {
+            Mask::causal_window(window.size).with_sinks(window.sinks)
+        } else {
+            Mask::causal()
+        };
+        let reference = attention(&ctx, &qt, &k, &v, &AttentionOptions::with_mask(mask))
+            .unwrap()
+            .to_vec_blocking(&ctx)
+            .unwrap();
+        let reference: Vec<f64> = reference.iter().map(|&x| x as f64).collect();
+        assert_close(
+            &format!("paged vs contiguous, windowed {windowed}"),
+            &paged.to_vec_blocking(&ctx).unwrap(),
+            &reference,
+            1e-4,
+            1e-5,
+        );
+    }
+}
