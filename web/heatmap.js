@@ -197,7 +197,8 @@ export class HeadView {
   /** Plot geometry: top-left corner, side in pixels and the number of tokens shown. */
   layout() {
     const tokens = Math.max(this.rows, this.labels.length, 1);
-    const side = Math.max(1, Math.min(this.canvas.width, this.canvas.height) - MARGIN - 4);
+    // The space below the plot holds the key axis title.
+    const side = Math.max(1, Math.min(this.canvas.width, this.canvas.height) - MARGIN - 18);
     return { x: MARGIN, y: MARGIN, side, tokens, cell: side / tokens };
   }
 
@@ -234,9 +235,12 @@ export class HeadView {
       context.fillText(tokenLabel(this.labels[index]), 0, (index + 0.5) * cell);
     }
     context.restore();
-    context.textAlign = "left";
+    context.textAlign = "right";
+    context.textBaseline = "top";
     context.fillStyle = "#888";
-    context.fillText("keys →", x + side - 40, 8);
+    context.fillText("keys →", x + side, y + side + 3);
+    context.textAlign = "left";
+    context.textBaseline = "middle";
     context.save();
     context.translate(8, y + side - 8);
     context.rotate(-Math.PI / 2);
