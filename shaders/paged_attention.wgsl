@@ -13,8 +13,8 @@
 // Pass 2, paged_merge: one workgroup per query row rescales the chunks' partials to a
 // common max, writes out = acc / sum and lse = max + log(sum).
 //
-// A query at position p sees key j when j <= p and, if window > 0, when j < sinks or
-// p - j < window. A row that sees no key gets zeros and lse = -1e30.
+// A query at position p attends to key j when j <= p and, if window > 0, when
+// j < sinks or p - j < window. A row with no visible key gets zeros and lse = -1e30.
 //
 // Constants from the host: HEAD_DIM (a multiple of 4), ROWS (query rows per
 // workgroup), TILE_KEYS (keys per shared-memory tile), WG (invocations, a multiple
@@ -74,7 +74,7 @@ var<workgroup> next_max: array<f32, ROWS>;
 // Sequence position of each row's query.
 var<workgroup> row_query: array<u32, ROWS>;
 
-fn sees(query: u32, key: u32) -> bool {
+fn is_visible(query: u32, key: u32) -> bool {
     if (key > query) {
         return false;
     }
@@ -85,7 +85,7 @@ fn sees(query: u32, key: u32) -> bool {
 fn masked_score(i: u32, dot_product: f32, first_row: u32, rows_here: u32, tile_end: u32, t0: u32) -> f32 {
     let r = i / TILE_KEYS;
     let key = t0 + i % TILE_KEYS;
-    if (first_row + r < rows_here && key < tile_end && sees(row_query[r], key)) {
+    if (first_row + r < rows_here && key < tile_end && is_visible(row_query[r], key)) {
         return dot_product * params.scale;
     }
     return MASKED;

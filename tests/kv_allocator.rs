@@ -271,7 +271,7 @@ impl Harness {
                     None => {
                         let window = expected.window.expect("a plain sequence lost a block");
                         assert!(
-                            !window.sees(len - 1, position),
+                            !window.is_visible(len - 1, position),
                             "sequence {id}: evicted position {position} is still visible"
                         );
                     }
@@ -378,7 +378,7 @@ fn window_releases_blocks_but_keeps_sinks() {
     let len = allocator.len(id).unwrap();
     for position in 0..len {
         let resident = allocator.slot(id, position).unwrap().is_some();
-        if window.sees(len - 1, position) {
+        if window.is_visible(len - 1, position) {
             assert!(resident, "visible position {position} was evicted");
         }
     }

@@ -73,7 +73,7 @@ fn append(
 }
 
 /// f64 attention of `q` `[q_heads, q_len, d]` over one layer of `host`, with query row
-/// `i` at position `len - q_len + i` seeing the keys for which `sees(query, key)` holds.
+/// `i` at position `len - q_len + i` seeing the keys for which `is_visible(query, key)` holds.
 /// Returns the output `[q_heads, q_len, d]` and the log-sum-exp `[q_heads, q_len]`.
 fn reference(
     q: &[f32],
@@ -82,7 +82,7 @@ fn reference(
     q_heads: usize,
     q_len: usize,
     d: usize,
-    sees: impl Fn(usize, usize) -> bool,
+    is_visible: impl Fn(usize, usize) -> bool,
 ) -> (Vec<f64>, Vec<f64>) {
     let kv_heads = host.keys[layer].len();
     let len = host.keys[layer][0].len() / d;
@@ -97,7 +97,7 @@ fn reference(
             let query = len - q_len + i;
             let row = &q[(h * q_len + i) * d..][..d];
             let scores: Vec<(usize, f64)> = (0..len)
-                .filter(|&j| sees(query, j))
+                .filter(|&j| is_visible(query, j))
                 .map(|j| {
                     let dot: f64 = (0..d).map(|x| row[x] as f64 * keys[j * d + x] as f64).sum();
                     (j, dot * scale)
@@ -121,7 +121,7 @@ fn reference(
 }
 
 /// Runs paged attention for a random `q` against every layer of a sequence and compares
-/// output and log-sum-exp with the reference under `sees`.
+/// output and log-sum-exp with the reference under `is_visible`.
 #[allow(clippy::too_many_arguments)]
 fn check_attention(
     ctx: &Context,
@@ -131,7 +131,7 @@ fn check_attention(
     q_heads: usize,
     q_len: usize,
     options: &PagedAttentionOptions,
-    sees: impl Fn(usize, usize) -> bool + Copy,
+    is_visible: impl Fn(usize, usize) -> bool + Copy,
     label: &str,
 ) {
     let config = cache.config();
@@ -145,7 +145,7 @@ fn check_attention(
         let qt = Tensor::from_f32(ctx, &q, &[1, q_heads, q_len, d], config.dtype).unwrap();
         let (out, lse) = cache.attention(id, layer, &qt, options).unwrap();
         assert_eq!(out.shape(), [1, q_heads, q_len, d]);
-        let (want_out, want_lse) = reference(&q, host, layer, q_heads, q_len, d, sees);
+        let (want_out, want_lse) = reference(&q, host, layer, q_heads, q_len, d, is_visible);
         let label = format!("{label} layer {layer}");
         assert_close(
             &format!("{label} out"),
@@ -437,9 +437,9 @@ fn window_keeps_sinks_and_recent_tokens() {
             chunk_keys,
             ..plain(&ctx, 64)
         };
-        let sees = move |query: usize, key: usize| window.sees(query, key);
+        let is_visible = move |query: usize, key: usize| window.is_visible(query, key);
         let label = format!("window split {chunk_keys:?}");
-        check_attention(&ctx, &cache, id, &host, 9, 1, &options, sees, &label);
+        check_attention(&ctx, &cache, id, &host, 9, 1, &options, is_visible, &label);
     }
 }
 

@@ -22,11 +22,11 @@ impl std::fmt::Display for SequenceId {
 
 /// Sliding-window attention with attention sinks.
 ///
-/// A query at position `p` sees key `j <= p` when `j < sinks` or `p - j < size`: the
+/// A query at position `p` attends to key `j <= p` when `j < sinks` or `p - j < size`: the
 /// first `sinks` tokens plus the last `size` tokens, the query's own token included.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
-    /// Number of leading tokens that stay visible forever.
+    /// Number of leading tokens that stay visible to every later query.
     pub sinks: usize,
     /// Number of most recent tokens visible to a query, itself included (at least 1).
     pub size: usize,
@@ -34,7 +34,7 @@ pub struct Window {
 
 impl Window {
     /// Returns whether a query at position `query` attends to the key at position `key`.
-    pub fn sees(&self, query: usize, key: usize) -> bool {
+    pub fn is_visible(&self, query: usize, key: usize) -> bool {
         key <= query && (key < self.sinks || query - key < self.size)
     }
 }
@@ -157,7 +157,7 @@ impl BlockAllocator {
         self.refcounts.iter().filter(|&&count| count > 1).count()
     }
 
-    /// The free list, most recently freed block last.
+    /// Returns the free list, most recently freed block last.
     pub fn free_list(&self) -> &[u32] {
         &self.free
     }
@@ -198,12 +198,13 @@ impl BlockAllocator {
             .sum()
     }
 
-    /// The sequence's window, if it has one.
+    /// Returns the sequence's window, if it has one.
     pub fn window(&self, id: SequenceId) -> Result<Option<Window>> {
         Ok(self.sequence(id)?.window)
     }
 
-    /// The block table: physical block of each logical block, `None` where evicted.
+    /// Returns the block table: the physical block of each logical block, `None` where
+    /// evicted.
     pub fn block_table(&self, id: SequenceId) -> Result<&[Option<u32>]> {
         Ok(&self.sequence(id)?.table)
     }
@@ -235,8 +236,8 @@ impl BlockAllocator {
     /// that another sequence already stored, sharing those blocks instead of copying.
     ///
     /// Returns the id and the number of tokens already cached. At most `tokens.len() - 1`
-    /// tokens are reused, so the caller always computes at least the last token (whose
-    /// logits it needs); it then reserves `tokens[cached..]` with
+    /// tokens are reused, so the caller always computes at least the last token, whose
+    /// logits it needs. The caller then reserves `tokens[cached..]` with
     /// [`BlockAllocator::reserve`], passing the tokens so that its own blocks become
     /// shareable too.
     pub fn create_with_prefix(

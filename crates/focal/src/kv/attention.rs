@@ -106,7 +106,7 @@ impl PagedAttentionOptions {
 /// tiles, so that a GPU has enough independent work during decode.
 const TARGET_WORKGROUPS: usize = 256;
 
-/// Fewest keys per chunk that the default chunking uses.
+/// Minimum keys per chunk that the default chunking uses.
 const MIN_CHUNK_KEYS: usize = 256;
 
 /// Returns the default keys per chunk: enough chunks for about [`TARGET_WORKGROUPS`]
@@ -175,8 +175,8 @@ impl KvCache {
     ///
     /// `q` is `[1, q_heads, q_len, head_dim]` (or without the leading 1) in the cache's
     /// dtype, `q_heads` a multiple of `kv_heads`. Query row `i` sits at position
-    /// `len - q_len + i` and sees the keys up to its own (causal, bottom-right aligned),
-    /// limited to sinks plus window for a windowed sequence. `out` has `q`'s shape and
+    /// `len - q_len + i` and attends to the keys up to its own (causal, bottom-right
+    /// aligned), limited to sinks plus window for a windowed sequence. `out` has `q`'s shape and
     /// dtype; `lse` is f32 `[q_heads, q_len]` or `[1, q_heads, q_len]` and receives each
     /// row's log-sum-exp of the scaled scores, so that a probability is
     /// `exp(q . k * scale - lse)`.
