@@ -2,9 +2,10 @@
 //
 // Shapes and mask rules are those of attention_flash.wgsl. The keys are cut into
 // `splits` chunks of `chunk_len`. `decode_partial` runs one workgroup per
-// (chunk, query row, batch * q_heads): each invocation scores one key of a sub-tile
-// of WG keys, the workgroup reduces the sub-tile's max and sum, and invocations then
-// own output columns to accumulate P V. It writes the unnormalised accumulator and
+// (chunk, query row, batch * q_heads): each invocation scores KEYS_PER_INVOCATION keys
+// of a sub-tile of WG * KEYS_PER_INVOCATION keys, the workgroup reduces the sub-tile's
+// max and sum, and invocations then own output columns to accumulate P V. Several keys
+// per invocation mean fewer barriers per key, which dominate on CPU adapters. It writes the unnormalised accumulator and
 // the chunk's (max, sum) to `partial`. `decode_merge` rescales the chunks to the
 // common max, divides by the total sum and writes O and the log-sum-exp.
 //
@@ -15,6 +16,7 @@
 
 #default HEAD_DIM 64u
 #default WG 64u
+#default KEYS_PER_INVOCATION 4u
 #default WRITE_LSE false
 #default SPARSE false
 
@@ -57,12 +59,13 @@ struct AttentionParams {
 const D4: u32 = HEAD_DIM / 4u;
 const COLUMNS_PER_INVOCATION: u32 = (HEAD_DIM + WG - 1u) / WG;
 const STRIDE: u32 = HEAD_DIM + 2u;
+const SUB_TILE: u32 = WG * KEYS_PER_INVOCATION;
 
 // Stands for minus infinity in running maxima; finite so that exp(NEG - max) is 0.
 const NEG: f32 = -3.0e38;
 
 var<workgroup> q_shared: array<vec4<f32>, D4>;
-var<workgroup> weights: array<f32, WG>;
+var<workgroup> weights: array<f32, SUB_TILE>;
 var<workgroup> scratch: array<f32, WG>;
 
 // Key j is visible to query row i at position p: the same rules as attention_flash.wgsl.
@@ -178,33 +181,44 @@ fn decode_partial(
     var row_max = NEG;
     var row_sum = 0.0;
     var acc: array<f32, COLUMNS_PER_INVOCATION>;
-    for (var t0 = chunk_start; t0 < chunk_end; t0 += WG) {
-        let t_end = min(t0 + WG, chunk_end);
+    for (var t0 = chunk_start; t0 < chunk_end; t0 += SUB_TILE) {
+        let t_end = min(t0 + SUB_TILE, chunk_end);
         let in_range = i32(t0) < hi && i32(t_end) > lo;
         if (!in_range && t0 >= params.sinks) {
             continue;
         }
-        let j = t0 + lindex;
-        var s = NEG;
-        if (j < t_end && visible(row, p, j)) {
-            let k_row = (kv_base + j) * D4;
-            var dot4 = vec4<f32>(0.0);
-            for (var d = 0u; d < D4; d++) {
-                dot4 = fma(q_shared[d], vec4<f32>(k[k_row + d]), dot4);
+        // Invocation lindex scores keys t0 + u * WG + lindex.
+        var scores: array<f32, KEYS_PER_INVOCATION>;
+        var local_max = NEG;
+        for (var u = 0u; u < KEYS_PER_INVOCATION; u++) {
+            let j = t0 + u * WG + lindex;
+            var s = NEG;
+            if (j < t_end && visible(row, p, j)) {
+                let k_row = (kv_base + j) * D4;
+                var dot4 = vec4<f32>(0.0);
+                for (var d = 0u; d < D4; d++) {
+                    dot4 = fma(q_shared[d], vec4<f32>(k[k_row + d]), dot4);
+                }
+                s = dot4.x + dot4.y + dot4.z + dot4.w;
             }
-            s = dot4.x + dot4.y + dot4.z + dot4.w;
+            scores[u] = s;
+            local_max = max(local_max, s);
         }
-        let new_max = max(row_max, reduce_max(s, lindex, sg_lane, sg_size));
-        var weight = 0.0;
-        if (s > NEG) {
-            weight = exp(s - new_max);
+        let new_max = max(row_max, reduce_max(local_max, lindex, sg_lane, sg_size));
+        var local_sum = 0.0;
+        for (var u = 0u; u < KEYS_PER_INVOCATION; u++) {
+            var weight = 0.0;
+            if (scores[u] > NEG) {
+                weight = exp(scores[u] - new_max);
+            }
+            local_sum += weight;
+            weights[u * WG + lindex] = weight;
         }
         // Rescaling by exp(old max - new max) keeps acc and row_sum relative to the
         // running max; while nothing is visible both are 0 and stay 0.
         let alpha = exp(row_max - new_max);
-        row_sum = row_sum * alpha + reduce_sum(weight, lindex, sg_lane, sg_size);
+        row_sum = row_sum * alpha + reduce_sum(local_sum, lindex, sg_lane, sg_size);
         row_max = new_max;
-        weights[lindex] = weight;
         workgroupBarrier();
 
         let count = t_end - t0;
