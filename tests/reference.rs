@@ -70,6 +70,7 @@ pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f64) -> Vec<f64> {
 pub fn silu(x: f64) -> f64 {
     x / (1.0 + (-x).exp())
 }
+
 /// Sizes of an attention problem: `q [batch, q_heads, q_len, head_dim]`, `k` and `v`
 /// `[batch, kv_heads, kv_len, head_dim]`.
 #[derive(Clone, Copy, Debug)]
