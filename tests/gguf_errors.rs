@@ -104,7 +104,8 @@ impl GgufWriter {
     }
 }
 
-/// A tiny but complete Llama GGUF: 1 layer, 2 heads of size 4, hidden 8, vocab 4.
+/// Returns the metadata of a tiny but complete Llama GGUF: 1 layer, 2 heads of size 4,
+/// hidden 8, vocab 4.
 fn tiny_llama() -> GgufWriter {
     GgufWriter::new()
         .str("general.architecture", "llama")

@@ -1,5 +1,5 @@
 //! The real SmolLM2-135M-Instruct model on the real adapter: reference logits, the chat
-//! answer, cache consistency, forks, cancellation, capture, head roles and bad input.
+//! reply, cache consistency, forks, cancellation, capture, head roles and bad input.
 //!
 //! Logit tolerance against the float32 numpy reference: 0.1 absolute. The engine stores
 //! weights in f16 (logits move by a few hundredths) and sums in another order.

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Write tests/fixtures/smollm2_reference.json: an independent reference for the model tests.
 
-The engine is checked against this file, so nothing here shares code with it: the GGUF is
-read with the `gguf` package (llama.cpp's reader), tokenised by a small byte-level BPE
-written below, and run by a float32 numpy forward pass that uses the Hugging Face
-conventions (Q and K rows un-permuted, rotate-half RoPE) where the engine uses llama.cpp's.
+The engine is checked against this file, so nothing here shares code with it. The GGUF is
+read with the `gguf` package (llama.cpp's reader) and tokenised by a small byte-level BPE
+written below. A float32 numpy forward pass then runs it in the Hugging Face conventions
+(Q and K rows un-permuted, rotate-half RoPE), where the engine uses llama.cpp's.
 
 The fixture holds token ids for a list of texts, and for two prompts the top 20 logits of
 the last position plus every 64th logit of the vocabulary.

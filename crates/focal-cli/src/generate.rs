@@ -12,7 +12,7 @@ use focal::{Context, Error, Result};
 /// Model file that `just fetch-model` downloads.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// Where the model comes from and what the prompt is; shared by the model commands.
+/// Model location and prompt, shared by the model commands.
 #[derive(clap::Args, Clone, Debug)]
 pub struct PromptArgs {
     /// A GGUF file, or a Hugging Face folder with config.json, model.safetensors and
