@@ -282,7 +282,15 @@ impl Harness {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1024))]
+    // Failing seeds are saved beside this file (kv_allocator.proptest-regressions) and
+    // replayed first on every run.
+    #![proptest_config(ProptestConfig {
+        cases: 1024,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn allocator_invariants_hold(
