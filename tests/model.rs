@@ -1,7 +1,8 @@
 //! The real SmolLM2-135M-Instruct model on the real adapter: reference logits, the chat
 //! reply, cache consistency, forks, cancellation, capture, head roles and bad input.
 //!
-//! Logit tolerance against the float32 numpy reference: 0.1 absolute. The engine stores
+//! Logit tolerance against the float32 numpy reference: 0.05 absolute (0.017 measured on
+//! lavapipe). The engine stores
 //! weights in f16 (logits move by a few hundredths) and sums in another order.
 
 #[allow(dead_code)]
@@ -14,7 +15,7 @@ use model_support::{max_abs_diff, model, reference, top_k};
 
 const SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 const QUESTION: &str = "What is the capital of France?";
-const LOGIT_TOLERANCE: f32 = 0.1;
+const LOGIT_TOLERANCE: f32 = 0.05;
 /// Decode and recompute follow different kernel paths (1 vs many tokens per workgroup).
 const CACHE_TOLERANCE: f32 = 2e-3;
 
