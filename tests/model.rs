@@ -2,8 +2,8 @@
 //! reply, cache consistency, forks, cancellation, capture, head roles and bad input.
 //!
 //! Logit tolerance against the float32 numpy reference: 0.05 absolute (0.017 measured on
-//! lavapipe). The engine stores
-//! weights in f16 (logits move by a few hundredths) and sums in another order.
+//! lavapipe). The engine stores weights in f16, which moves logits by a few hundredths,
+//! and sums in another order.
 
 #[allow(dead_code)]
 mod model_support;
