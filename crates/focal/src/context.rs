@@ -21,7 +21,7 @@ pub struct Capabilities {
     pub subgroup_max_size: u32,
 }
 
-/// Which optional features to request when creating a [`Context`].
+/// Optional features to request when creating a [`Context`].
 #[derive(Clone, Debug)]
 pub struct ContextOptions {
     /// Request `SHADER_F16` when the adapter has it.
@@ -97,17 +97,17 @@ impl Context {
     pub async fn from_adapter(adapter: &wgpu::Adapter, options: &ContextOptions) -> Result<Self> {
         let adapter_info = adapter.get_info();
         let available = adapter.features();
-        let mut wanted = wgpu::Features::empty();
+        let mut requested = wgpu::Features::empty();
         if options.shader_f16 {
-            wanted |= wgpu::Features::SHADER_F16;
+            requested |= wgpu::Features::SHADER_F16;
         }
         if options.subgroups {
-            wanted |= wgpu::Features::SUBGROUP;
+            requested |= wgpu::Features::SUBGROUP;
         }
         if options.timestamps {
-            wanted |= wgpu::Features::TIMESTAMP_QUERY;
+            requested |= wgpu::Features::TIMESTAMP_QUERY;
         }
-        let required_features = wanted & available;
+        let required_features = requested & available;
 
         // Ask for everything the adapter offers: the WebGPU defaults (128 MiB bindings,
         // 16 KiB workgroup memory) are far below what most adapters grant.

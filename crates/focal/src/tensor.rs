@@ -143,7 +143,7 @@ impl Tensor {
         Self::upload_bytes(ctx, bytemuck::cast_slice(data), shape, DType::F16)
     }
 
-    /// Uploads u32 data (indices, block tables) into an f32-typed tensor-sized buffer.
+    /// Uploads raw bytes, already in `dtype`'s encoding, as a tensor of `shape`.
     pub(crate) fn upload_bytes(
         ctx: &Context,
         bytes: &[u8],
