@@ -27,7 +27,7 @@ mod sequence;
 mod tokenizer;
 mod weights;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub use capture::AttentionMap;
 pub use config::LlamaConfig;
@@ -35,11 +35,9 @@ pub use generate::{GenerateOptions, Generator, Sampler, Step, StopReason};
 pub use sequence::Sequence;
 pub use tokenizer::{ChatMessage, Tokenizer};
 
-use crate::kv::{KvBudget, KvCache, KvCacheConfig};
-use crate::{Context, DType, Result};
+use crate::{Context, Result};
 
-/// A loaded model: configuration, GPU weights, tokenizer and the paged KV cache that its
-/// sequences share. Cloning is cheap and shares the cache.
+/// A loaded model: configuration, GPU weights and tokenizer. Cloning is cheap.
 #[derive(Clone)]
 pub struct Model {
     pub(crate) inner: Arc<ModelInner>,
@@ -51,8 +49,6 @@ pub(crate) struct ModelInner {
     pub weights: weights::Weights,
     pub tokenizer: Tokenizer,
     pub name: String,
-    /// K and V rows of every sequence, sized for `config.context_length` tokens in all.
-    pub kv: Arc<Mutex<KvCache>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -87,7 +83,7 @@ impl Model {
             .and_then(gguf::Value::as_str)
             .unwrap_or("llama")
             .to_string();
-        Self::assemble(ctx, config, weights, tokenizer, name)
+        Ok(Self::assemble(ctx, config, weights, tokenizer, name))
     }
 
     /// Loads a model in the Hugging Face layout from the contents of `config.json`,
@@ -105,7 +101,13 @@ impl Model {
         let tokenizer = Tokenizer::from_json(tokenizer_json, tokenizer_config)?;
         let source = weights::HfSafetensors::parse(safetensors, &config)?;
         let weights = weights::load(ctx, &config, &source, progress)?;
-        Self::assemble(ctx, config, weights, tokenizer, "llama".into())
+        Ok(Self::assemble(
+            ctx,
+            config,
+            weights,
+            tokenizer,
+            "llama".into(),
+        ))
     }
 
     fn assemble(
@@ -114,20 +116,7 @@ impl Model {
         weights: weights::Weights,
         tokenizer: Tokenizer,
         name: String,
-    ) -> Result<Self> {
-        // NOTE: all live sequences share this budget, so several long sequences that
-        // share no blocks can exhaust it before one reaches the context length. Forward
-        // calls then fail with `Error::PoolExhausted`.
-        let kv = KvCache::new(
-            ctx,
-            KvCacheConfig::new(
-                config.layers,
-                config.kv_heads,
-                config.head_dim,
-                DType::F32,
-                KvBudget::Tokens(config.context_length),
-            ),
-        )?;
+    ) -> Self {
         log::info!(
             "loaded {name}: {} layers, {} heads ({} KV), hidden {}, vocab {}, weights {}",
             config.layers,
@@ -137,16 +126,15 @@ impl Model {
             config.vocab,
             weights.embedding.dtype()
         );
-        Ok(Self {
+        Self {
             inner: Arc::new(ModelInner {
                 ctx: ctx.clone(),
                 config,
                 weights,
                 tokenizer,
                 name,
-                kv: Arc::new(Mutex::new(kv)),
             }),
-        })
+        }
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -171,13 +159,12 @@ impl Model {
         self.inner.weights.embedding.dtype()
     }
 
-    /// Creates an empty sequence in the model's KV cache.
+    /// Creates an empty sequence with its own cache.
     pub fn new_sequence(&self) -> Result<Sequence> {
-        Sequence::new(&self.inner.ctx, &self.inner.config, &self.inner.kv)
+        Sequence::new(&self.inner.ctx, &self.inner.config)
     }
 
-    /// Returns an independent copy of `seq` that continues from the same tokens, sharing
-    /// its cached K and V blocks copy-on-write.
+    /// Returns an independent copy of `seq` that continues from the same tokens.
     pub fn fork(&self, seq: &Sequence) -> Result<Sequence> {
         seq.fork(&self.inner.ctx, &self.inner.config)
     }
