@@ -1,9 +1,9 @@
 //! Matmul, softmax, RMSNorm and elementwise kernels against the f64 CPU reference,
 //! in f32 and (where the adapter has shader-f16) f16.
 //!
-//! Tolerances: f32 results within 1e-4 relative plus a small absolute term scaled by
-//! the reduction length; f16 results within 1e-2 relative, since inputs and outputs
-//! are rounded to 11-bit mantissas while accumulation stays f32.
+//! Tolerances: f32 results are within 1e-4 relative plus a small absolute term scaled
+//! by the reduction length. f16 results are within 1e-2 relative, because inputs and
+//! outputs are rounded to 11-bit mantissas while accumulation stays f32.
 
 use focal::kernels;
 use focal::{DType, Error, Tensor};

@@ -119,10 +119,14 @@ fn preprocessor_selects_branches() {
     let off = preprocess("t.wgsl", source, &Variant::new(DType::F32))
         .unwrap()
         .source;
-    assert!(off.contains("no") && !off.contains("yes") && !off.contains("half"));
+    assert!(off.contains("no"), "{off}");
+    assert!(!off.contains("yes"), "{off}");
+    assert!(!off.contains("half"), "{off}");
     let on = preprocess("t.wgsl", source, &Variant::new(DType::F16).flag("A", true))
         .unwrap()
         .source;
-    assert!(on.contains("yes") && !on.contains("\nno\n") && on.contains("half"));
+    assert!(on.contains("yes"), "{on}");
+    assert!(!on.contains("\nno\n"), "{on}");
+    assert!(on.contains("half"), "{on}");
     assert!(on.starts_with("enable f16;"));
 }

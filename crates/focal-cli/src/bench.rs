@@ -6,7 +6,7 @@ use focal::{kernels, Context, DType, Tensor};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark to run: matmul, attention, window, sparse, decode or all.
+    /// Benchmark to run: matmul, attention, window, sparse, decode or all.
     #[arg(default_value = "all")]
     pub which: String,
     /// Timed repetitions per case, after one warm-up run.

@@ -117,9 +117,9 @@ fn output_shape(a: &Tensor, b: &Tensor, transpose_b: bool) -> Result<Vec<usize>>
 
 /// Records `out = a * b` (or `a * b^T` when `transpose_b`).
 ///
-/// Shapes: `a` is `[M, K]` or `[B, M, K]`; `b` is `[K, N]` (`[N, K]` when transposed),
-/// optionally with a batch of `B` or 1 (broadcast); `out` is `[M, N]` or `[B, M, N]`.
-/// All three share a dtype.
+/// Shapes: `a` is `[M, K]` or `[B, M, K]`, and `out` is `[M, N]` or `[B, M, N]`.
+/// `b` is `[K, N]` (`[N, K]` when transposed), optionally with a batch of `B`, or of 1
+/// to broadcast it. All three share a dtype.
 pub fn matmul_into(
     ctx: &Context,
     encoder: &mut wgpu::CommandEncoder,
