@@ -64,6 +64,11 @@ const SUB_TILE: u32 = WG * KEYS_PER_INVOCATION;
 // Stands for minus infinity in running maxima; finite so that exp(NEG - max) is 0.
 const NEG: f32 = -3.0e38;
 
+// The bits of -inf, the log-sum-exp of a row that sees no key. A private variable
+// rather than a constant: WGSL rejects infinities in constant expressions, and Tint
+// enforces that, so bitcast<f32>(0xff800000u) fails to compile in Chromium.
+var<private> minus_inf_bits: u32 = 0xff800000u;
+
 var<workgroup> q_shared: array<vec4<f32>, D4>;
 var<workgroup> weights: array<f32, SUB_TILE>;
 var<workgroup> scratch: array<f32, WG>;
@@ -285,7 +290,7 @@ fn decode_merge(
 #if WRITE_LSE
     if (lindex == 0u) {
         // A row that saw no key gets -inf, as in attention_flash.wgsl.
-        var row_lse = bitcast<f32>(0xff800000u);
+        var row_lse = bitcast<f32>(minus_inf_bits);
         if (total_sum > 0.0) {
             row_lse = total_max + log(total_sum);
         }

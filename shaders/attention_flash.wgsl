@@ -69,6 +69,11 @@ const D4: u32 = HEAD_DIM / 4u;
 // exp(NEG - max) is 0 instead of NaN.
 const NEG: f32 = -3.0e38;
 
+// The bits of -inf, the log-sum-exp of a row that sees no key. A private variable
+// rather than a constant: WGSL rejects infinities in constant expressions, and Tint
+// enforces that, so bitcast<f32>(0xff800000u) fails to compile in Chromium.
+var<private> minus_inf_bits: u32 = 0xff800000u;
+
 var<workgroup> q_tile: array<vec4<f32>, BLOCK_Q * D4>;
 var<workgroup> k_tile: array<vec4<f32>, BLOCK_K * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BLOCK_K * D4>;
@@ -216,7 +221,7 @@ fn flash_prefill(
         }
 #if WRITE_LSE
         // A row that saw no key gets -inf, so exp(s - lse) can never turn it visible.
-        var row_lse = bitcast<f32>(0xff800000u);
+        var row_lse = bitcast<f32>(minus_inf_bits);
         if (row_sum > 0.0) {
             row_lse = row_max + log(row_sum);
         }

@@ -1,9 +1,10 @@
 // Per-token steps of a Llama-family decoder that are not matrix products: embedding
-// lookup, rotary position embedding with the KV-cache write, the SwiGLU gate and a
-// greedy argmax over the logits. Activations are f32; `elem` is the weight type.
+// lookup, rotary position embedding with the split into attention heads, the merge of
+// the attention heads, the SwiGLU gate and a greedy argmax over the logits.
+// Activations are f32; `elem` is the weight type.
 //
-// Cache layouts, for one layer of one sequence with room for `capacity` positions:
-// queries [capacity, heads, HEAD_DIM], keys and values [capacity, kv_heads, HEAD_DIM].
+// Head layouts, for one forward call of `tokens` tokens: queries
+// [heads, tokens, HEAD_DIM], keys and values [kv_heads, tokens, HEAD_DIM].
 //
 // Constants from the host: WG (invocations), HEAD_DIM.
 
@@ -46,14 +47,14 @@ fn embedding(
     }
 }
 
-// RoPE and cache write. qkv is [tokens, (heads + 2 * kv_heads) * HEAD_DIM]: queries,
+// RoPE and head split. qkv is [tokens, (heads + 2 * kv_heads) * HEAD_DIM]: queries,
 // then keys, then values of each token, as the fused projection writes them. Token t
 // sits at position start + t. Rotation acts on adjacent pairs (2i, 2i + 1) with angle
 // position * theta^(-2i / HEAD_DIM), the layout llama.cpp stores Q and K rows in.
 @group(0) @binding(4) var<storage, read> qkv: array<f32>;
-@group(0) @binding(5) var<storage, read_write> q_cache: array<f32>;
-@group(0) @binding(6) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(7) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(5) var<storage, read_write> q_heads: array<f32>;
+@group(0) @binding(6) var<storage, read_write> k_heads: array<f32>;
+@group(0) @binding(7) var<storage, read_write> v_heads: array<f32>;
 
 @compute @workgroup_size(WG, 1, 1)
 fn rope_store(
@@ -83,20 +84,41 @@ fn rope_store(
     let r1 = x0 * s + x1 * c;
 
     if (head < params.heads) {
-        let dst = (position * params.heads + head) * HEAD_DIM + 2u * pair;
-        q_cache[dst] = r0;
-        q_cache[dst + 1u] = r1;
+        let dst = (head * params.tokens + t) * HEAD_DIM + 2u * pair;
+        q_heads[dst] = r0;
+        q_heads[dst + 1u] = r1;
     } else if (head < params.heads + params.kv_heads) {
         let kv = head - params.heads;
-        let dst = (position * params.kv_heads + kv) * HEAD_DIM + 2u * pair;
-        k_cache[dst] = r0;
-        k_cache[dst + 1u] = r1;
+        let dst = (kv * params.tokens + t) * HEAD_DIM + 2u * pair;
+        k_heads[dst] = r0;
+        k_heads[dst + 1u] = r1;
     } else {
         let kv = head - params.heads - params.kv_heads;
-        let dst = (position * params.kv_heads + kv) * HEAD_DIM + 2u * pair;
-        v_cache[dst] = x0;
-        v_cache[dst + 1u] = x1;
+        let dst = (kv * params.tokens + t) * HEAD_DIM + 2u * pair;
+        v_heads[dst] = x0;
+        v_heads[dst + 1u] = x1;
     }
+}
+
+// Head merge: merged[t, head * HEAD_DIM + c] = per_head[head, t, c], turning the
+// attention output [heads, tokens, HEAD_DIM] into the rows the output projection reads.
+@group(0) @binding(12) var<storage, read> per_head: array<f32>;
+@group(0) @binding(13) var<storage, read_write> merged: array<f32>;
+
+@compute @workgroup_size(WG, 1, 1)
+fn merge_heads(
+    @builtin(local_invocation_index) lindex: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let i = flat_index(lindex, wid, groups);
+    if (i >= params.tokens * params.heads * HEAD_DIM) {
+        return;
+    }
+    let c = i % HEAD_DIM;
+    let head = (i / HEAD_DIM) % params.heads;
+    let t = i / (HEAD_DIM * params.heads);
+    merged[i] = per_head[(head * params.tokens + t) * HEAD_DIM + c];
 }
 
 // SwiGLU: y[t, i] = silu(gate_up[t, i]) * gate_up[t, width + i], with gate_up

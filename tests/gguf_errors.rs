@@ -106,13 +106,14 @@ impl GgufWriter {
 
 /// Returns the metadata of a tiny but complete Llama GGUF: 1 layer, 2 heads of size 4,
 /// hidden 8, vocab 4.
+/// A one-layer Llama with head size 32, the smallest the attention kernels support.
 fn tiny_llama() -> GgufWriter {
     GgufWriter::new()
         .str("general.architecture", "llama")
         .u32("llama.block_count", 1)
         .u32("llama.context_length", 16)
-        .u32("llama.embedding_length", 8)
-        .u32("llama.feed_forward_length", 8)
+        .u32("llama.embedding_length", 64)
+        .u32("llama.feed_forward_length", 64)
         .u32("llama.attention.head_count", 2)
         .u32("llama.attention.head_count_kv", 1)
         .f32("llama.rope.freq_base", 10000.0)
@@ -124,16 +125,16 @@ fn tiny_llama() -> GgufWriter {
 
 fn with_tensors(writer: GgufWriter, skip: &str, wrong: &str) -> GgufWriter {
     let shapes: [(&str, &[u64]); 10] = [
-        ("token_embd.weight", &[8, 4]),
-        ("blk.0.attn_norm.weight", &[8]),
-        ("blk.0.attn_q.weight", &[8, 8]),
-        ("blk.0.attn_k.weight", &[8, 4]),
-        ("blk.0.attn_v.weight", &[8, 4]),
-        ("blk.0.attn_output.weight", &[8, 8]),
-        ("blk.0.ffn_norm.weight", &[8]),
-        ("blk.0.ffn_gate.weight", &[8, 8]),
-        ("blk.0.ffn_up.weight", &[8, 8]),
-        ("blk.0.ffn_down.weight", &[8, 8]),
+        ("token_embd.weight", &[64, 4]),
+        ("blk.0.attn_norm.weight", &[64]),
+        ("blk.0.attn_q.weight", &[64, 64]),
+        ("blk.0.attn_k.weight", &[64, 32]),
+        ("blk.0.attn_v.weight", &[64, 32]),
+        ("blk.0.attn_output.weight", &[64, 64]),
+        ("blk.0.ffn_norm.weight", &[64]),
+        ("blk.0.ffn_gate.weight", &[64, 64]),
+        ("blk.0.ffn_up.weight", &[64, 64]),
+        ("blk.0.ffn_down.weight", &[64, 64]),
     ];
     let mut writer = writer;
     for (name, dims) in shapes {
@@ -146,7 +147,7 @@ fn with_tensors(writer: GgufWriter, skip: &str, wrong: &str) -> GgufWriter {
             writer.tensor(name, dims, 0.5)
         };
     }
-    writer.tensor("output_norm.weight", &[8], 1.0)
+    writer.tensor("output_norm.weight", &[64], 1.0)
 }
 
 #[track_caller]
@@ -168,7 +169,7 @@ fn tiny_file_parses() {
     let gguf = Gguf::parse(&bytes).unwrap();
     assert_eq!(gguf.tensors.len(), 11);
     let (data, shape) = gguf.dequantize("blk.0.attn_k.weight").unwrap();
-    assert_eq!(shape, vec![4, 8]);
+    assert_eq!(shape, vec![32, 64]);
     assert!(data.iter().all(|&v| v == 0.5));
 }
 

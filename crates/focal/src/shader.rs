@@ -55,10 +55,6 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ),
     ("linear.wgsl", include_str!("../../../shaders/linear.wgsl")),
     ("llama.wgsl", include_str!("../../../shaders/llama.wgsl")),
-    (
-        "cached_attention.wgsl",
-        include_str!("../../../shaders/cached_attention.wgsl"),
-    ),
 ];
 
 /// Returns the source of a shipped shader file.

@@ -1,15 +1,27 @@
 //! Attention capture: probabilities of any layer and head recomputed after the fact as
-//! `exp(q . k * scale - lse)` from the queries, keys and log-sum-exps that every forward
-//! pass stores anyway, so generation pays nothing when no capture is requested.
+//! `exp(q . k * scale - lse)` from the queries and log-sum-exps that every forward pass
+//! stores anyway and the keys in the model's KV cache, so generation pays nothing when
+//! no capture is requested.
 
 use std::ops::Range;
 
-use super::llama::{submit_and_read, AttentionParams};
-use super::sequence::Sequence;
+use super::llama::submit_and_read;
+use super::sequence::{lock, Sequence};
 use super::Model;
-use crate::kernels::to_u32;
-use crate::shader::{dispatch, grid_2d};
-use crate::{Error, Result};
+use crate::attention::{attention_probs_into, AttentionOptions, Mask};
+use crate::kv::KvPart;
+use crate::{DType, Error, Result, Tensor};
+
+/// Contiguous attention inputs of one layer of a sequence of `len` tokens, in the
+/// layouts that [`attention_probs_into`] reads.
+struct LayerInputs {
+    /// `[1, heads, len, head_dim]`, rotated.
+    q: Tensor,
+    /// `[1, kv_heads, len, head_dim]`, rotated.
+    k: Tensor,
+    /// `[1, heads, len]`.
+    lse: Tensor,
+}
 
 /// Attention probabilities of one head for a range of query rows.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,45 +70,94 @@ impl Model {
         Ok(())
     }
 
-    /// Records the probabilities of (`layer`, `head`) for query `rows` into `out` from
-    /// element `offset` on.
-    #[allow(clippy::too_many_arguments)]
-    fn record_probs(
+    /// Records copies of one layer's queries, log-sum-exps and keys of `seq` into
+    /// contiguous tensors.
+    fn record_inputs(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         seq: &Sequence,
         layer: usize,
+    ) -> Result<LayerInputs> {
+        let ctx = self.context();
+        let c = self.config();
+        let (len, d) = (seq.len(), c.head_dim);
+        let inputs = LayerInputs {
+            q: Tensor::zeros(ctx, &[1, c.heads, len, d], DType::F32)?,
+            k: Tensor::zeros(ctx, &[1, c.kv_heads, len, d], DType::F32)?,
+            lse: Tensor::zeros(ctx, &[1, c.heads, len], DType::F32)?,
+        };
+        let store = &seq.layers[layer];
+        for (from, to, row_bytes) in [
+            (&store.q, inputs.q.buffer(), d as u64 * 4),
+            (&store.lse, inputs.lse.buffer(), 4),
+        ] {
+            for head in 0..c.heads as u64 {
+                encoder.copy_buffer_to_buffer(
+                    from,
+                    head * seq.capacity as u64 * row_bytes,
+                    to,
+                    head * len as u64 * row_bytes,
+                    len as u64 * row_bytes,
+                );
+            }
+        }
+        let kv = lock(&self.inner.kv)?;
+        let key_rows = Tensor::zeros(ctx, &[len, d], DType::F32)?;
+        for kv_head in 0..c.kv_heads {
+            kv.rows_into(
+                encoder,
+                seq.id,
+                layer,
+                kv_head,
+                0..len,
+                KvPart::Keys,
+                &key_rows,
+            )?;
+            encoder.copy_buffer_to_buffer(
+                key_rows.buffer(),
+                0,
+                inputs.k.buffer(),
+                (kv_head * len * d) as u64 * 4,
+                key_rows.size_bytes(),
+            );
+        }
+        Ok(inputs)
+    }
+
+    /// Records the probabilities of `head` for query `rows` into `probs`
+    /// (`[rows.len(), len]` f32), then a copy of them into `out` from element `offset` on.
+    #[allow(clippy::too_many_arguments)]
+    fn record_probs(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &LayerInputs,
         head: usize,
         rows: &Range<usize>,
+        probs: &Tensor,
         out: &wgpu::Buffer,
         offset: usize,
     ) -> Result<()> {
         let ctx = self.context();
-        let c = self.config();
-        let cache = &seq.layers[layer];
-        let params = AttentionParams {
-            tokens: to_u32("rows", rows.len())?,
-            start: to_u32("rows", rows.start)?,
-            heads: c.heads as u32,
-            kv_heads: c.kv_heads as u32,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
-            head: head as u32,
-            row_len: to_u32("sequence length", seq.len())?,
-            out_offset: to_u32("capture offset", offset)?,
-        };
-        let variant = self.attention_variant();
-        let wg = super::llama::attention_workgroup(ctx.limits(), c.head_dim) as usize;
-        let pipeline = ctx.pipeline("cached_attention.wgsl", "probabilities", &variant)?;
-        let count = to_u32("capture size", (rows.len() * seq.len()).div_ceil(wg))?;
-        dispatch(
+        attention_probs_into(
             ctx,
             encoder,
-            "probabilities",
-            &pipeline,
-            Some(bytemuck::bytes_of(&params)),
-            &[(1, &cache.q), (2, &cache.k), (5, &cache.lse), (6, out)],
-            grid_2d(ctx, count),
-        )
+            &inputs.q,
+            &inputs.k,
+            &inputs.lse,
+            &AttentionOptions::with_mask(Mask::causal()),
+            0,
+            head,
+            rows.clone(),
+            probs,
+        )?;
+        encoder.copy_buffer_to_buffer(
+            probs.buffer(),
+            0,
+            out,
+            offset as u64 * 4,
+            probs.size_bytes(),
+        );
+        Ok(())
     }
 
     fn capture_buffer(&self, elements: usize) -> Result<wgpu::Buffer> {
@@ -109,7 +170,9 @@ impl Model {
             .create_buffer(&wgpu::BufferDescriptor {
                 label: Some("attention capture"),
                 size,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }))
     }
@@ -130,7 +193,9 @@ impl Model {
         let elements = rows.len() * seq.len();
         let out = self.capture_buffer(elements)?;
         let mut encoder = self.context().encoder();
-        self.record_probs(&mut encoder, seq, layer, head, &rows, &out, 0)?;
+        let inputs = self.record_inputs(&mut encoder, seq, layer)?;
+        let probs = Tensor::zeros(self.context(), &[rows.len(), seq.len()], DType::F32)?;
+        self.record_probs(&mut encoder, &inputs, head, &rows, &probs, &out, 0)?;
         let bytes = submit_and_read(self.context(), encoder, &out, elements as u64 * 4).await?;
         Ok(AttentionMap {
             layer,
@@ -154,10 +219,14 @@ impl Model {
             .ok_or_else(|| Error::Generation("attention capture size overflows".into()))?;
         let out = self.capture_buffer(total)?;
         let mut encoder = self.context().encoder();
+        // One probabilities tensor serves every map, since each copy out of it is
+        // recorded before the next map overwrites it.
+        let probs = Tensor::zeros(self.context(), &[n, n], DType::F32)?;
         for layer in 0..c.layers {
+            let inputs = self.record_inputs(&mut encoder, seq, layer)?;
             for head in 0..c.heads {
                 let offset = (layer * c.heads + head) * per_map;
-                self.record_probs(&mut encoder, seq, layer, head, &rows, &out, offset)?;
+                self.record_probs(&mut encoder, &inputs, head, &rows, &probs, &out, offset)?;
             }
         }
         let bytes = submit_and_read(self.context(), encoder, &out, total as u64 * 4).await?;

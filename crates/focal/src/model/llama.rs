@@ -1,12 +1,15 @@
-//! The Llama-family forward pass on engine kernels: embedding, RMSNorm, fused QKV
-//! projection, RoPE with the cache write, causal GQA attention over the cache, output
-//! projection, SwiGLU MLP, final norm and LM head, recorded into one command encoder.
+//! The Llama-family forward pass on engine kernels, recorded into one command encoder:
+//! embedding, RMSNorm, fused QKV projection, RoPE, the K/V write into the model's paged
+//! KV cache, causal GQA attention, output projection, SwiGLU MLP, final norm and LM head.
+//! A prompt on an empty sequence runs flash attention, and later tokens run paged
+//! attention over the cache.
 
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
-use super::sequence::Sequence;
+use super::sequence::{lock, LayerCapture, Sequence};
 use super::Model;
+use crate::attention::{flash_attention_into, AttentionOptions, Mask};
 use crate::kernels::{rmsnorm_into, to_u32};
 use crate::shader::{dispatch, grid_2d, Variant};
 use crate::{Context, DType, Error, Result, Tensor};
@@ -37,31 +40,6 @@ struct StepParams {
     width: u32,
     rope_theta: f32,
     _pad: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(crate) struct AttentionParams {
-    pub tokens: u32,
-    pub start: u32,
-    pub heads: u32,
-    pub kv_heads: u32,
-    pub scale: f32,
-    pub head: u32,
-    pub row_len: u32,
-    pub out_offset: u32,
-}
-
-/// Chooses the attention workgroup width: up to 32 invocations, fewer when the per-lane
-/// output rows (`head_dim` f32 each) would exceed the granted workgroup memory.
-pub(crate) fn attention_workgroup(limits: &wgpu::Limits, head_dim: usize) -> u32 {
-    let per_lane = (head_dim as u32 + 2) * 4;
-    let fit = limits.max_compute_workgroup_storage_size / per_lane;
-    let wg = fit
-        .min(32)
-        .min(limits.max_compute_invocations_per_workgroup)
-        .max(1);
-    1 << (31 - wg.leading_zeros())
 }
 
 /// Records `y[t, n] = sum_k x[t, k] * w[n, k]` for `tokens` rows of `x` starting at
@@ -130,6 +108,17 @@ struct Scratch {
     hidden: Tensor,
     normed: Tensor,
     qkv: wgpu::Buffer,
+    /// `[1, heads, tokens, head_dim]`, rotated.
+    q: Tensor,
+    /// `[1, kv_heads, tokens, head_dim]`, rotated.
+    k: Tensor,
+    /// `[1, kv_heads, tokens, head_dim]`.
+    v: Tensor,
+    /// Attention output per head, `[1, heads, tokens, head_dim]`.
+    attn_heads: Tensor,
+    /// `[1, heads, tokens]`: log sum exp of the scaled scores of each row.
+    lse: Tensor,
+    /// Attention output with the heads merged, `[tokens, heads * head_dim]`.
     attn: wgpu::Buffer,
     gate_up: wgpu::Buffer,
     gated: wgpu::Buffer,
@@ -152,13 +141,6 @@ impl Model {
     fn step_variant(&self) -> Variant {
         Variant::new(self.inner.weights.embedding.dtype())
             .define_u32("WG", STEP_WG)
-            .define_u32("HEAD_DIM", self.inner.config.head_dim as u32)
-    }
-
-    pub(crate) fn attention_variant(&self) -> Variant {
-        let wg = attention_workgroup(self.inner.ctx.limits(), self.inner.config.head_dim);
-        Variant::new(DType::F32)
-            .define_u32("WG", wg)
             .define_u32("HEAD_DIM", self.inner.config.head_dim as u32)
     }
 
@@ -200,8 +182,9 @@ impl Model {
     /// Records the forward pass of `tokens` appended to `seq` and returns the buffer
     /// that will hold the last token's logits (`[vocab]` f32) once submitted.
     ///
-    /// Checks the tokens and grows the cache first; `seq`'s token list is extended only
-    /// after everything is recorded, so an error leaves it unchanged.
+    /// Checks the tokens, grows the query store and reserves the KV cache rows first.
+    /// `seq`'s token list is extended only after everything is recorded, so an error
+    /// leaves it unchanged.
     pub(crate) fn record_forward(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -226,13 +209,19 @@ impl Model {
         }
         let t = tokens.len();
         let start = seq.len();
+        let (heads, kv_heads, d) = (c.heads, c.kv_heads, c.head_dim);
         seq.reserve(ctx, c, start + t)?;
 
         let scratch = Scratch {
             hidden: Tensor::zeros(ctx, &[t, c.hidden], DType::F32)?,
             normed: Tensor::zeros(ctx, &[t, c.hidden], DType::F32)?,
             qkv: f32_buffer(ctx, "qkv activations", t * c.qkv_width())?,
-            attn: f32_buffer(ctx, "attention output", t * c.heads * c.head_dim)?,
+            q: Tensor::zeros(ctx, &[1, heads, t, d], DType::F32)?,
+            k: Tensor::zeros(ctx, &[1, kv_heads, t, d], DType::F32)?,
+            v: Tensor::zeros(ctx, &[1, kv_heads, t, d], DType::F32)?,
+            attn_heads: Tensor::zeros(ctx, &[1, heads, t, d], DType::F32)?,
+            lse: Tensor::zeros(ctx, &[1, heads, t], DType::F32)?,
+            attn: f32_buffer(ctx, "attention output", t * heads * d)?,
             gate_up: f32_buffer(ctx, "gate and up activations", t * 2 * c.ffn)?,
             gated: f32_buffer(ctx, "MLP activations", t * c.ffn)?,
         };
@@ -260,19 +249,17 @@ impl Model {
 
         let rope = self.step_params(t, start, 0)?;
         let glu = self.step_params(t, start, c.ffn)?;
-        let attention_pipeline =
-            ctx.pipeline("cached_attention.wgsl", "attend", &self.attention_variant())?;
-        let attention = AttentionParams {
-            tokens: rope.tokens,
-            start: rope.start,
-            heads: c.heads as u32,
-            kv_heads: c.kv_heads as u32,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
-            head: 0,
-            row_len: 0,
-            out_offset: 0,
-        };
-        for (layer, cache) in w.layers.iter().zip(&seq.layers) {
+        let mut kv = lock(&self.inner.kv)?;
+        // NOTE: from here on the KV cache already counts the new rows, so an error in the
+        // rest of this function leaves the cache one reservation ahead of `seq.tokens`.
+        // The inputs are checked by then, so only pipeline or device-limit errors remain.
+        kv.reserve(encoder, seq.id, t)?;
+        // A prompt on an empty sequence attends only to its own keys, so it runs flash
+        // attention over the scratch K/V; later tokens read the earlier rows from the
+        // paged cache.
+        let flash_options = AttentionOptions::with_mask(Mask::causal());
+        let paged_options = kv.attention_options();
+        for (index, (layer, store)) in w.layers.iter().zip(&seq.layers).enumerate() {
             let hidden = scratch.hidden.buffer();
             rmsnorm_into(
                 ctx,
@@ -298,26 +285,42 @@ impl Model {
                 &rope,
                 &[
                     (4, &scratch.qkv),
-                    (5, &cache.q),
-                    (6, &cache.k),
-                    (7, &cache.v),
+                    (5, scratch.q.buffer()),
+                    (6, scratch.k.buffer()),
+                    (7, scratch.v.buffer()),
                 ],
-                t * (c.heads + 2 * c.kv_heads) * c.head_dim / 2,
+                t * (heads + 2 * kv_heads) * d / 2,
             )?;
-            dispatch(
-                ctx,
+            kv.write_into(encoder, seq.id, index, &scratch.k, &scratch.v)?;
+            if start == 0 {
+                flash_attention_into(
+                    ctx,
+                    encoder,
+                    &scratch.q,
+                    &scratch.k,
+                    &scratch.v,
+                    &flash_options,
+                    &scratch.attn_heads,
+                    Some(&scratch.lse),
+                )?;
+            } else {
+                kv.attention_into(
+                    encoder,
+                    seq.id,
+                    index,
+                    &scratch.q,
+                    &paged_options,
+                    &scratch.attn_heads,
+                    &scratch.lse,
+                )?;
+            }
+            store_rows(encoder, &scratch, store, seq.capacity, start, d);
+            self.run_step(
                 encoder,
-                "attend",
-                &attention_pipeline,
-                Some(bytemuck::bytes_of(&attention)),
-                &[
-                    (1, &cache.q),
-                    (2, &cache.k),
-                    (3, &cache.v),
-                    (4, &scratch.attn),
-                    (5, &cache.lse),
-                ],
-                grid_2d(ctx, to_u32("attention rows", t * c.heads)?),
+                "merge_heads",
+                &rope,
+                &[(12, scratch.attn_heads.buffer()), (13, &scratch.attn)],
+                t * heads * d,
             )?;
             linear_into(
                 ctx,
@@ -427,6 +430,35 @@ impl Model {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_blocking(&self, seq: &mut Sequence, tokens: &[u32]) -> Result<Vec<f32>> {
         pollster::block_on(self.forward(seq, tokens))
+    }
+}
+
+/// Records copies of the new rows' rotated queries and log-sum-exps from `scratch` into
+/// `store`, which has room for `capacity` positions per head, at position `start`.
+fn store_rows(
+    encoder: &mut wgpu::CommandEncoder,
+    scratch: &Scratch,
+    store: &LayerCapture,
+    capacity: usize,
+    start: usize,
+    head_dim: usize,
+) {
+    let [_, heads, tokens, _] = *scratch.q.shape() else {
+        unreachable!("the query scratch is 4-D");
+    };
+    for (from, to, row_bytes) in [
+        (scratch.q.buffer(), &store.q, head_dim as u64 * 4),
+        (scratch.lse.buffer(), &store.lse, 4),
+    ] {
+        for head in 0..heads as u64 {
+            encoder.copy_buffer_to_buffer(
+                from,
+                head * tokens as u64 * row_bytes,
+                to,
+                (head * capacity as u64 + start as u64) * row_bytes,
+                tokens as u64 * row_bytes,
+            );
+        }
     }
 }
 

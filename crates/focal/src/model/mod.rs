@@ -27,7 +27,7 @@ mod sequence;
 mod tokenizer;
 mod weights;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use capture::AttentionMap;
 pub use config::LlamaConfig;
@@ -35,9 +35,11 @@ pub use generate::{GenerateOptions, Generator, Sampler, Step, StopReason};
 pub use sequence::Sequence;
 pub use tokenizer::{ChatMessage, Tokenizer};
 
-use crate::{Context, Result};
+use crate::kv::{KvBudget, KvCache, KvCacheConfig};
+use crate::{Context, DType, Result};
 
-/// A loaded model: configuration, GPU weights and tokenizer. Cloning is cheap.
+/// A loaded model: configuration, GPU weights, tokenizer and the paged KV cache that its
+/// sequences share. Cloning is cheap and shares the cache.
 #[derive(Clone)]
 pub struct Model {
     pub(crate) inner: Arc<ModelInner>,
@@ -49,6 +51,8 @@ pub(crate) struct ModelInner {
     pub weights: weights::Weights,
     pub tokenizer: Tokenizer,
     pub name: String,
+    /// K and V rows of every sequence, sized for `config.context_length` tokens in all.
+    pub kv: Arc<Mutex<KvCache>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -83,7 +87,7 @@ impl Model {
             .and_then(gguf::Value::as_str)
             .unwrap_or("llama")
             .to_string();
-        Ok(Self::assemble(ctx, config, weights, tokenizer, name))
+        Self::assemble(ctx, config, weights, tokenizer, name)
     }
 
     /// Loads a model in the Hugging Face layout from the contents of `config.json`,
@@ -101,13 +105,7 @@ impl Model {
         let tokenizer = Tokenizer::from_json(tokenizer_json, tokenizer_config)?;
         let source = weights::HfSafetensors::parse(safetensors, &config)?;
         let weights = weights::load(ctx, &config, &source, progress)?;
-        Ok(Self::assemble(
-            ctx,
-            config,
-            weights,
-            tokenizer,
-            "llama".into(),
-        ))
+        Self::assemble(ctx, config, weights, tokenizer, "llama".into())
     }
 
     fn assemble(
@@ -116,7 +114,20 @@ impl Model {
         weights: weights::Weights,
         tokenizer: Tokenizer,
         name: String,
-    ) -> Self {
+    ) -> Result<Self> {
+        // NOTE: all live sequences share this budget, so several long sequences that
+        // share no blocks can exhaust it before one reaches the context length. Forward
+        // calls then fail with `Error::PoolExhausted`.
+        let kv = KvCache::new(
+            ctx,
+            KvCacheConfig::new(
+                config.layers,
+                config.kv_heads,
+                config.head_dim,
+                DType::F32,
+                KvBudget::Tokens(config.context_length),
+            ),
+        )?;
         log::info!(
             "loaded {name}: {} layers, {} heads ({} KV), hidden {}, vocab {}, weights {}",
             config.layers,
@@ -126,15 +137,16 @@ impl Model {
             config.vocab,
             weights.embedding.dtype()
         );
-        Self {
+        Ok(Self {
             inner: Arc::new(ModelInner {
                 ctx: ctx.clone(),
                 config,
                 weights,
                 tokenizer,
                 name,
+                kv: Arc::new(Mutex::new(kv)),
             }),
-        }
+        })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -159,12 +171,13 @@ impl Model {
         self.inner.weights.embedding.dtype()
     }
 
-    /// Creates an empty sequence with its own cache.
+    /// Creates an empty sequence in the model's KV cache.
     pub fn new_sequence(&self) -> Result<Sequence> {
-        Sequence::new(&self.inner.ctx, &self.inner.config)
+        Sequence::new(&self.inner.ctx, &self.inner.config, &self.inner.kv)
     }
 
-    /// Returns an independent copy of `seq` that continues from the same tokens.
+    /// Returns an independent copy of `seq` that continues from the same tokens, sharing
+    /// its cached K and V blocks copy-on-write.
     pub fn fork(&self, seq: &Sequence) -> Result<Sequence> {
         seq.fork(&self.inner.ctx, &self.inner.config)
     }
