@@ -362,3 +362,35 @@ fn pipelines_are_cached() {
     }
     assert_eq!(ctx.pipeline_count(), before);
 }
+
+#[test]
+fn device_errors_fail_the_next_readback() {
+    // A context of its own: an error raised here must not reach other tests' readbacks.
+    if gpu().is_none() {
+        return;
+    }
+    let ctx = focal::Context::new_blocking().unwrap();
+    let data = [1.0f32, 2.0, 3.0, 4.0];
+    let tensor = Tensor::from_f32(&ctx, &data, &[4], DType::F32).unwrap();
+    assert!(
+        ctx.take_device_error().is_ok(),
+        "a fresh device has no error"
+    );
+
+    // Mapping for reading is not allowed together with storage use: wgpu reports the
+    // invalid buffer to its error callback, not to this call.
+    let _invalid = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("invalid on purpose"),
+        size: 16,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    match tensor.to_vec_blocking(&ctx) {
+        Err(Error::Device(message)) => {
+            assert!(message.contains("invalid on purpose"), "{message}");
+        }
+        other => panic!("expected the buffer's validation error, found {other:?}"),
+    }
+    // The error is reported once; the device and the tensor are still usable.
+    assert_eq!(tensor.to_vec_blocking(&ctx).unwrap(), data);
+}

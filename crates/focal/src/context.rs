@@ -1,7 +1,7 @@
 //! GPU context: instance, adapter, device and queue, plus the capabilities that
 //! kernels use to pick their variants.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::shader::PipelineCache;
 use crate::{Error, Result};
@@ -60,6 +60,9 @@ pub(crate) struct ContextInner {
     pub limits: wgpu::Limits,
     pub capabilities: Capabilities,
     pub pipelines: PipelineCache,
+    /// The first validation or out-of-memory error the device raised outside any error
+    /// scope since it was last taken; see [`Context::take_device_error`].
+    pub device_error: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -126,8 +129,12 @@ impl Context {
                 adapter: adapter_info.name.clone(),
                 message: e.to_string(),
             })?;
-        device.on_uncaptured_error(Arc::new(|error| {
+        let device_error = Arc::new(Mutex::new(None::<String>));
+        let first_error = Arc::clone(&device_error);
+        device.on_uncaptured_error(Arc::new(move |error| {
             log::error!("uncaptured wgpu error: {error}");
+            let mut slot = first_error.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert_with(|| error.to_string());
         }));
 
         let features = device.features();
@@ -156,6 +163,7 @@ impl Context {
                 limits,
                 capabilities,
                 pipelines: PipelineCache::default(),
+                device_error,
             }),
         })
     }
@@ -228,6 +236,25 @@ impl Context {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Device(e.to_string()))?;
         Ok(())
+    }
+
+    /// Returns the first error the device reported since the last call, as
+    /// [`Error::Device`], and clears it.
+    ///
+    /// wgpu reports a shader the driver rejects, or a command that fails validation, to a
+    /// callback rather than to the call that caused it. Every readback checks this, so
+    /// such an error fails the operation whose results it would have spoiled instead of
+    /// letting it return zeros.
+    pub fn take_device_error(&self) -> Result<()> {
+        let mut slot = self
+            .inner
+            .device_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match slot.take() {
+            Some(message) => Err(Error::Device(message)),
+            None => Ok(()),
+        }
     }
 
     /// Returns a multi-line description of the adapter, the features Focal uses and the

@@ -30,6 +30,14 @@ impl DType {
             DType::F16 => "f16",
         }
     }
+
+    /// Returns `x` rounded to this dtype and back, as uploading a tensor rounds it.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            DType::F32 => x,
+            DType::F16 => f16::from_f32(x).to_f32(),
+        }
+    }
 }
 
 impl fmt::Display for DType {
@@ -283,6 +291,20 @@ pub async fn read_buffer(
     offset: u64,
     size: u64,
 ) -> Result<Vec<u8>> {
+    let encoder = ctx.device().create_command_encoder(&Default::default());
+    submit_and_read(ctx, encoder, buffer, offset, size).await
+}
+
+/// Appends a copy of `size` bytes at `offset` of `buffer` to `encoder`, submits it and
+/// returns the bytes once the GPU is done, or the first error the device reported while
+/// the work was recorded or run.
+pub(crate) async fn submit_and_read(
+    ctx: &Context,
+    mut encoder: wgpu::CommandEncoder,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+) -> Result<Vec<u8>> {
     let padded = size.div_ceil(4).max(1) * 4;
     let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("focal readback"),
@@ -290,9 +312,8 @@ pub async fn read_buffer(
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let mut encoder = ctx.device().create_command_encoder(&Default::default());
     encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
-    ctx.queue().submit([encoder.finish()]);
+    ctx.submit(encoder);
 
     let (sender, receiver) = futures_channel::oneshot::channel();
     staging
@@ -305,6 +326,7 @@ pub async fn read_buffer(
         .await
         .map_err(|_| Error::Readback("the map callback was dropped".into()))?
         .map_err(|e| Error::Readback(e.to_string()))?;
+    ctx.take_device_error()?;
     let bytes = {
         let view = staging
             .get_mapped_range(..)

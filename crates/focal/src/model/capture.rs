@@ -5,11 +5,11 @@
 
 use std::ops::Range;
 
-use super::llama::submit_and_read;
 use super::sequence::{lock, Sequence};
 use super::Model;
 use crate::attention::{attention_probs_into, AttentionOptions, Mask};
 use crate::kv::KvPart;
+use crate::tensor::submit_and_read;
 use crate::{DType, Error, Result, Tensor};
 
 /// Contiguous attention inputs of one layer of a sequence of `len` tokens, in the
@@ -196,7 +196,7 @@ impl Model {
         let inputs = self.record_inputs(&mut encoder, seq, layer)?;
         let probs = Tensor::zeros(self.context(), &[rows.len(), seq.len()], DType::F32)?;
         self.record_probs(&mut encoder, &inputs, head, &rows, &probs, &out, 0)?;
-        let bytes = submit_and_read(self.context(), encoder, &out, elements as u64 * 4).await?;
+        let bytes = submit_and_read(self.context(), encoder, &out, 0, elements as u64 * 4).await?;
         Ok(AttentionMap {
             layer,
             head,
@@ -229,7 +229,7 @@ impl Model {
                 self.record_probs(&mut encoder, &inputs, head, &rows, &probs, &out, offset)?;
             }
         }
-        let bytes = submit_and_read(self.context(), encoder, &out, total as u64 * 4).await?;
+        let bytes = submit_and_read(self.context(), encoder, &out, 0, total as u64 * 4).await?;
         let all: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
         Ok(all
             .chunks(per_map.max(1))

@@ -12,6 +12,7 @@ use super::Model;
 use crate::attention::{flash_attention_into, AttentionOptions, Mask};
 use crate::kernels::{rmsnorm_into, to_u32};
 use crate::shader::{dispatch, grid_2d, Variant};
+use crate::tensor::submit_and_read;
 use crate::{Context, DType, Error, Result, Tensor};
 
 /// Invocations of the linear kernel; lanes split the input dimension.
@@ -400,7 +401,7 @@ impl Model {
         let mut encoder = ctx.encoder();
         let logits = self.record_forward(&mut encoder, seq, tokens)?;
         let bytes =
-            submit_and_read(ctx, encoder, &logits, self.inner.config.vocab as u64 * 4).await?;
+            submit_and_read(ctx, encoder, &logits, 0, self.inner.config.vocab as u64 * 4).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
@@ -422,7 +423,7 @@ impl Model {
             &[(10, &logits), (11, &best)],
             [1, 1, 1],
         )?;
-        let bytes = submit_and_read(ctx, encoder, &best, 4).await?;
+        let bytes = submit_and_read(ctx, encoder, &best, 0, 4).await?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
@@ -460,42 +461,4 @@ fn store_rows(
             );
         }
     }
-}
-
-/// Appends a copy of `size` bytes of `buffer` to `encoder`, submits it and returns the
-/// bytes once the GPU is done.
-pub(crate) async fn submit_and_read(
-    ctx: &Context,
-    mut encoder: wgpu::CommandEncoder,
-    buffer: &wgpu::Buffer,
-    size: u64,
-) -> Result<Vec<u8>> {
-    let padded = size.div_ceil(4).max(1) * 4;
-    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some("model readback"),
-        size: padded,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, padded);
-    ctx.submit(encoder);
-    let (sender, receiver) = futures_channel::oneshot::channel();
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, move |result| {
-            let _ = sender.send(result);
-        });
-    ctx.wait_idle()?;
-    receiver
-        .await
-        .map_err(|_| Error::Readback("the map callback was dropped".into()))?
-        .map_err(|e| Error::Readback(e.to_string()))?;
-    let bytes = {
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| Error::Readback(e.to_string()))?;
-        view[..size as usize].to_vec()
-    };
-    staging.unmap();
-    Ok(bytes)
 }
