@@ -766,3 +766,15 @@ fn mask_window_semantics() {
         Some(Window { left: 1, right: 2 })
     );
 }
+
+#[test]
+fn self_check_passes_on_this_adapter() {
+    let Some(ctx) = gpu() else { return };
+    let checks = pollster::block_on(focal::check::attention_kernels(&ctx)).unwrap();
+    let kernels: std::collections::BTreeSet<&str> = checks.iter().map(|c| c.kernel).collect();
+    let expected = ["decode", "flash", "naive", "paged", "probs"];
+    assert_eq!(kernels.into_iter().collect::<Vec<_>>(), expected);
+    for check in &checks {
+        assert!(check.passed, "{check}");
+    }
+}

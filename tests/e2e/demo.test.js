@@ -238,6 +238,27 @@ describe("demo page with WebGPU", () => {
     assert.match(await page.textContent("#head-title"), /layer 2, head 1/);
   });
 
+  test("every attention kernel matches the CPU in the browser", { timeout: 5 * MINUTE }, async () => {
+    // A second engine on the page's main thread, beside the worker's: the check needs
+    // no model, only the device that the browser's shader compiler feeds.
+    const checks = await page.evaluate(async () => {
+      const wasm = await import("/pkg/focal_web.js");
+      await wasm.default();
+      const engine = await wasm.Engine.open();
+      return engine.checkKernels();
+    });
+    const kernels = [...new Set(checks.map((check) => check.kernel))].sort();
+    assert.deepEqual(kernels, ["decode", "flash", "naive", "paged", "probs"]);
+    for (const check of checks) {
+      assert.ok(
+        check.passed,
+        `${check.kernel} ${check.dtype} ${check.case}: max error ${check.maxError}, allowed ${check.tolerance}`,
+      );
+    }
+    console.log(`browser kernel check: ${checks.length} cases, largest error ` +
+      `${Math.max(...checks.map((check) => check.maxError)).toExponential(2)}`);
+  });
+
   test("bad model URLs show errors", { timeout: 2 * MINUTE }, async () => {
     await page.fill("#model-url", "missing.gguf");
     await page.click("#load");

@@ -6,6 +6,8 @@ use focal::{kernels, Context, DType, Tensor};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    pub device: crate::DeviceArgs,
     /// Benchmark to run: matmul, attention, window, sparse, decode or all.
     #[arg(default_value = "all")]
     pub which: String,
@@ -18,7 +20,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> focal::Result<()> {
-    let ctx = Context::new_blocking()?;
+    let ctx = args.device.context()?;
     let info = ctx.adapter_info();
     println!(
         "adapter: {} ({:?}, {:?})",

@@ -32,6 +32,8 @@ pub struct PromptArgs {
 #[derive(clap::Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
+    pub device: crate::DeviceArgs,
+    #[command(flatten)]
     pub prompt: PromptArgs,
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 128)]
@@ -163,7 +165,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     options.validate()?;
 
     let start = Instant::now();
-    let ctx = Context::new_blocking()?;
+    let ctx = args.device.context()?;
     let model = load_model(&ctx, args.prompt.model.as_deref())?;
     let loaded = start.elapsed().as_secs_f64();
     let prompt = prompt_tokens(&model, &args.prompt, "")?;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use focal::model::{AttentionMap, Model};
-use focal::{Context, Error, Result};
+use focal::{Error, Result};
 use font8x8::UnicodeFonts;
 
 use crate::generate::{load_model, prompt_tokens, PromptArgs};
@@ -19,6 +19,8 @@ const INK: [u8; 3] = [20, 20, 20];
 
 #[derive(clap::Args)]
 pub struct HeatmapArgs {
+    #[command(flatten)]
+    pub device: crate::DeviceArgs,
     #[command(flatten)]
     pub prompt: PromptArgs,
     /// Layer to draw (ignored with --grid).
@@ -241,7 +243,7 @@ fn draw_grid(maps: &[AttentionMap], layers: usize, heads: usize) -> Canvas {
 }
 
 pub fn run(args: &HeatmapArgs) -> Result<()> {
-    let ctx = Context::new_blocking()?;
+    let ctx = args.device.context()?;
     let model = load_model(&ctx, args.prompt.model.as_deref())?;
     let tokens = prompt_tokens(&model, &args.prompt, DEFAULT_PROMPT)?;
     let mut seq = model.new_sequence()?;

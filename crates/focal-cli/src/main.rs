@@ -26,7 +26,10 @@ struct Cli {
 enum Command {
     /// Print the adapter, backend, device type, driver, the features Focal uses and the
     /// key limits.
-    Info,
+    Info(DeviceArgs),
+    /// Run every attention kernel on small inputs and compare it with attention on the
+    /// CPU; exits with an error when one differs.
+    Check(DeviceArgs),
     /// Run the benchmarks and print a table of results.
     Bench(bench::BenchArgs),
     /// Generate text with a language model, streaming it and printing tokens/s.
@@ -39,11 +42,35 @@ enum Command {
     Serve(serve::ServeArgs),
 }
 
+/// Optional adapter features that the engine may use. Both are on by default.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DeviceArgs {
+    /// Run every kernel in f32 even when the adapter has shader-f16.
+    #[arg(long)]
+    pub no_f16: bool,
+    /// Use the plain kernels even when the adapter has subgroups (as in the browser).
+    #[arg(long)]
+    pub no_subgroups: bool,
+}
+
+impl DeviceArgs {
+    /// Opens the default adapter with the features these flags allow.
+    pub fn context(&self) -> focal::Result<focal::Context> {
+        let options = focal::ContextOptions {
+            shader_f16: !self.no_f16,
+            subgroups: !self.no_subgroups,
+            ..focal::ContextOptions::default()
+        };
+        focal::Context::with_options_blocking(&options)
+    }
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info => info(),
+        Command::Info(args) => info(&args),
+        Command::Check(args) => check(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Heatmap(args) => heatmap::run(&args),
@@ -56,8 +83,8 @@ fn main() {
     }
 }
 
-fn info() -> focal::Result<()> {
-    let ctx = focal::Context::new_blocking()?;
+fn info(args: &DeviceArgs) -> focal::Result<()> {
+    let ctx = args.context()?;
     print!("{}", ctx.describe());
     let tiles = focal::kernels::matmul_tiles(ctx.limits());
     println!(
@@ -68,5 +95,27 @@ fn info() -> focal::Result<()> {
         tiles.invocations(),
         tiles.workgroup_bytes()
     );
+    Ok(())
+}
+
+fn check(args: &DeviceArgs) -> focal::Result<()> {
+    let ctx = args.context()?;
+    let info = ctx.adapter_info();
+    println!(
+        "adapter: {} ({:?}, {:?})",
+        info.name, info.backend, info.device_type
+    );
+    let checks = pollster::block_on(focal::check::attention_kernels(&ctx))?;
+    for check in &checks {
+        println!("{check}");
+    }
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    if failed > 0 {
+        return Err(focal::Error::Device(format!(
+            "{failed} of {} kernel checks differ from the CPU reference",
+            checks.len()
+        )));
+    }
+    println!("all {} kernel checks match the CPU reference", checks.len());
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! induction behaviour and prints a table with each head's strongest role.
 
 use focal::model::roles::Role;
-use focal::{Context, Result};
+use focal::Result;
 
 use crate::generate::{load_model, prompt_tokens, PromptArgs};
 
@@ -11,6 +11,8 @@ small step for man, one giant leap for mankind.\" The mission was called Apollo 
 
 #[derive(clap::Args)]
 pub struct RolesArgs {
+    #[command(flatten)]
+    pub device: crate::DeviceArgs,
     #[command(flatten)]
     pub prompt: PromptArgs,
     /// Length of the random token block that is repeated to find induction heads.
@@ -22,7 +24,7 @@ pub struct RolesArgs {
 }
 
 pub fn run(args: &RolesArgs) -> Result<()> {
-    let ctx = Context::new_blocking()?;
+    let ctx = args.device.context()?;
     let model = load_model(&ctx, args.prompt.model.as_deref())?;
     let tokens = prompt_tokens(&model, &args.prompt, DEFAULT_PROMPT)?;
     let scores = model.score_heads_blocking(&tokens, args.period, args.seed)?;

@@ -115,6 +115,33 @@ impl Engine {
         )
     }
 
+    /// Runs every attention kernel (naive, flash with each mask type, split-K decode,
+    /// probabilities from the log-sum-exp, paged decode after a fork) on small random
+    /// inputs and compares each with attention computed on the CPU. Resolves to an
+    /// array of `{ kernel, case, dtype, maxError, tolerance, passed }`; rejects when a
+    /// kernel cannot run on this adapter at all.
+    #[wasm_bindgen(js_name = checkKernels)]
+    pub fn check_kernels(&self) -> Promise {
+        let ctx = self.ctx.clone();
+        future_to_promise(async move {
+            let checks = focal::check::attention_kernels(&ctx)
+                .await
+                .map_err(error_value)?;
+            let rows = Array::new();
+            for check in checks {
+                rows.push(&js::object(&[
+                    ("kernel", check.kernel.into()),
+                    ("case", check.case.into()),
+                    ("dtype", check.dtype.to_string().into()),
+                    ("maxError", check.max_error.into()),
+                    ("tolerance", check.tolerance.into()),
+                    ("passed", check.passed.into()),
+                ]));
+            }
+            Ok(rows.into())
+        })
+    }
+
     /// Downloads a GGUF model from `url` and uploads it to the GPU, calling
     /// `on_progress(phase, done, total)` with phase `"download"` (bytes) and then
     /// `"upload"` (tensors). Resolves to the model's shape:

@@ -6,6 +6,7 @@
 //! dispatches from the WGSL files in `shaders/`.
 
 pub mod attention;
+pub mod check;
 mod context;
 mod error;
 pub mod kernels;
