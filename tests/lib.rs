@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
-use focal::Context;
+use focal::{Context, ContextOptions};
 use rand::{Rng, SeedableRng};
 
 pub mod reference;
@@ -16,7 +16,12 @@ pub mod reference;
 pub fn gpu() -> Option<Context> {
     static CONTEXT: OnceLock<Result<Context, String>> = OnceLock::new();
     let opened = CONTEXT.get_or_init(|| {
-        match Context::new_blocking() {
+        // Subgroup attention variants on, even on CPU adapters, so the tests cover them.
+        let options = ContextOptions {
+            subgroup_attention: Some(true),
+            ..ContextOptions::default()
+        };
+        match Context::with_options_blocking(&options) {
             Ok(ctx) => {
                 let info = ctx.adapter_info();
                 // Written to stderr directly: the test harness captures eprintln!.

@@ -173,8 +173,13 @@ impl AttentionBench {
     }
 
     fn split_vs_single(&self, ctx: &Context) -> focal::Result<()> {
+        let variant = if ctx.capabilities().subgroup_attention {
+            "subgroup"
+        } else {
+            "plain"
+        };
         println!(
-            "\n### decode: split-K vs one workgroup per head, q_len 1, {HEADS} heads, head_dim {HEAD_DIM}, f32, {DECODE_STEPS} steps per submit\n"
+            "\n### decode: split-K vs one workgroup per head, q_len 1, {HEADS} heads, head_dim {HEAD_DIM}, f32, {variant} kernels, {DECODE_STEPS} steps per submit\n"
         );
         println!("| context | kernel | ms | GFLOP/s | note |\n|---|---|---|---|---|");
         let contexts: &[usize] = if self.quick {

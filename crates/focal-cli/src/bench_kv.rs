@@ -62,8 +62,13 @@ fn median(mut times: Vec<f64>) -> f64 {
 }
 
 fn decode(ctx: &Context, reps: usize) -> Result<()> {
+    let variant = if ctx.capabilities().subgroup_attention {
+        "subgroup"
+    } else {
+        "plain"
+    };
     println!(
-        "\nKV decode, 9 query heads, 3 KV heads, head size 64, f32\n\n\
+        "\nKV decode, 9 query heads, 3 KV heads, head size 64, f32, {variant} kernels\n\n\
          | context | contiguous decode ms | paged, 1 block ms | paged, block 16 ms | \
          paged / contiguous |"
     );

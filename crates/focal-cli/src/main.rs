@@ -51,6 +51,10 @@ pub struct DeviceArgs {
     /// Use the plain kernels even when the adapter has subgroups (as in the browser).
     #[arg(long)]
     pub no_subgroups: bool,
+    /// Run the decode and paged attention kernels in their subgroup variants (true) or
+    /// plain ones (false); by default, subgroup variants except on CPU adapters.
+    #[arg(long, value_name = "BOOL")]
+    pub subgroup_attention: Option<bool>,
 }
 
 impl DeviceArgs {
@@ -59,6 +63,7 @@ impl DeviceArgs {
         let options = focal::ContextOptions {
             shader_f16: !self.no_f16,
             subgroups: !self.no_subgroups,
+            subgroup_attention: self.subgroup_attention,
             ..focal::ContextOptions::default()
         };
         focal::Context::with_options_blocking(&options)

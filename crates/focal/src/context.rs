@@ -19,6 +19,9 @@ pub struct Capabilities {
     pub subgroup_min_size: u32,
     /// Largest subgroup size the adapter reports (0 when unknown).
     pub subgroup_max_size: u32,
+    /// The decode and paged attention kernels default to their subgroup variants; see
+    /// [`ContextOptions::subgroup_attention`].
+    pub subgroup_attention: bool,
 }
 
 /// Optional features to request when creating a [`Context`].
@@ -30,6 +33,11 @@ pub struct ContextOptions {
     pub subgroups: bool,
     /// Request `TIMESTAMP_QUERY` when the adapter has it.
     pub timestamps: bool,
+    /// Run the decode and paged attention kernels in their subgroup variants. `None`
+    /// chooses them where subgroups are granted and the adapter is not a CPU: on
+    /// lavapipe the plain variants measured faster (see BENCHMARKS.md), while GPUs
+    /// usually gain from subgroup reductions.
+    pub subgroup_attention: Option<bool>,
     /// Prefer a discrete GPU over an integrated or software one.
     pub power_preference: wgpu::PowerPreference,
 }
@@ -40,6 +48,7 @@ impl Default for ContextOptions {
             shader_f16: true,
             subgroups: true,
             timestamps: true,
+            subgroup_attention: None,
             power_preference: wgpu::PowerPreference::HighPerformance,
         }
     }
@@ -138,9 +147,12 @@ impl Context {
         }));
 
         let features = device.features();
+        let subgroups = features.contains(wgpu::Features::SUBGROUP);
+        let cpu = adapter_info.device_type == wgpu::DeviceType::Cpu;
         let capabilities = Capabilities {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
-            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroups,
+            subgroup_attention: subgroups && options.subgroup_attention.unwrap_or(!cpu),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             subgroup_min_size: adapter_info.subgroup_min_size,
             subgroup_max_size: adapter_info.subgroup_max_size,
@@ -275,6 +287,14 @@ impl Context {
             yes_no(caps.subgroups),
             caps.subgroup_min_size,
             caps.subgroup_max_size
+        );
+        s += &format!(
+            "attention:      {} decode kernels\n",
+            if caps.subgroup_attention {
+                "subgroup"
+            } else {
+                "plain"
+            }
         );
         s += &format!("timestamps:     {}\n", yes_no(caps.timestamps));
         s += &format!("max buffer:     {} MiB\n", limits.max_buffer_size >> 20);

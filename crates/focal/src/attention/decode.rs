@@ -79,7 +79,7 @@ pub fn decode_attention_into(
         .define_u32("WG", wg)
         .flag("WRITE_LSE", lse.is_some())
         .flag("SPARSE", layout.is_some())
-        .with_subgroups(ctx.capabilities().subgroups);
+        .with_subgroups(ctx.capabilities().subgroup_attention);
     let block_visible = match layout {
         Some(layout) => Some(upload_u32(ctx, &layout.dense_words())?),
         None => None,

@@ -96,7 +96,7 @@ impl PagedAttentionOptions {
     pub fn new(ctx: &Context, head_dim: usize) -> Self {
         Self {
             scale: 1.0 / (head_dim.max(1) as f32).sqrt(),
-            subgroups: ctx.capabilities().subgroups,
+            subgroups: ctx.capabilities().subgroup_attention,
             chunk_keys: None,
         }
     }
