@@ -4,9 +4,20 @@
 #[allow(dead_code)]
 mod model_support;
 
+use std::collections::HashMap;
+
 use focal::model::gguf::{Gguf, TensorType};
 use focal::model::Model;
 use focal::Error;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+/// A `tokenizer.json` with a four-token BPE vocabulary, for the Hugging Face cases.
+const TINY_TOKENIZER_JSON: &[u8] = br#"{"version": "1.0", "truncation": null, "padding": null,
+    "added_tokens": [], "normalizer": null, "pre_tokenizer": null, "post_processor": null,
+    "decoder": null, "model": {"type": "BPE", "dropout": null, "unk_token": null,
+    "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+    "byte_fallback": false, "vocab": {"a": 0, "b": 1, "ab": 2, "c": 3}, "merges": ["a b"]}}"#;
 
 /// Writes GGUF files for the tests, value by value.
 struct GgufWriter {
@@ -327,11 +338,7 @@ fn corrupt_safetensors_are_rejected() {
     };
     let config = br#"{"num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
         "hidden_size": 8, "intermediate_size": 8, "vocab_size": 4, "hidden_act": "silu"}"#;
-    let tokenizer = br#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-        "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-        "byte_fallback": false, "vocab": {"a": 0, "b": 1, "ab": 2, "c": 3}, "merges": ["a b"]}}"#;
+    let tokenizer = TINY_TOKENIZER_JSON;
 
     let header = |json: &str, extra: usize| {
         let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
@@ -380,5 +387,135 @@ fn corrupt_safetensors_are_rejected() {
         matches!(result, Err(Error::MissingTensor(_))),
         "{:?}",
         result.err()
+    );
+}
+
+/// Returns config.json of the Hugging Face form of `tiny_llama`, with `extra` fields added.
+fn tiny_hf_config(extra: &str) -> Vec<u8> {
+    let mut text = r#"{"num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "hidden_size": 64, "intermediate_size": 64,
+        "vocab_size": 4, "max_position_embeddings": 16, "hidden_act": "silu""#
+        .to_string();
+    if !extra.is_empty() {
+        text.push_str(", ");
+        text.push_str(extra);
+    }
+    text.push('}');
+    text.into_bytes()
+}
+
+/// Returns model.safetensors of the Hugging Face form of `tiny_llama`, in f32. Every
+/// weight is 0.02 except the LM head, whose row `i` is `0.05 * i`, so a tied head gives
+/// four equal logits and an untied one four different ones.
+fn tiny_hf_safetensors(with_lm_head: bool) -> Vec<u8> {
+    let mut shapes: Vec<(&str, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight", vec![4, 64]),
+        ("model.layers.0.input_layernorm.weight", vec![64]),
+        ("model.layers.0.self_attn.q_proj.weight", vec![64, 64]),
+        ("model.layers.0.self_attn.k_proj.weight", vec![32, 64]),
+        ("model.layers.0.self_attn.v_proj.weight", vec![32, 64]),
+        ("model.layers.0.self_attn.o_proj.weight", vec![64, 64]),
+        ("model.layers.0.post_attention_layernorm.weight", vec![64]),
+        ("model.layers.0.mlp.gate_proj.weight", vec![64, 64]),
+        ("model.layers.0.mlp.up_proj.weight", vec![64, 64]),
+        ("model.layers.0.mlp.down_proj.weight", vec![64, 64]),
+        ("model.norm.weight", vec![64]),
+    ];
+    if with_lm_head {
+        shapes.push(("lm_head.weight", vec![4, 64]));
+    }
+    let data: Vec<(Vec<usize>, Vec<u8>)> = shapes
+        .iter()
+        .map(|(name, shape)| {
+            let count: usize = shape.iter().product();
+            let bytes = (0..count)
+                .flat_map(|i| {
+                    let value = if *name == "lm_head.weight" {
+                        0.05 * (i / 64) as f32
+                    } else {
+                        0.02
+                    };
+                    value.to_le_bytes()
+                })
+                .collect();
+            (shape.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(&str, TensorView<'_>)> = shapes
+        .iter()
+        .zip(&data)
+        .map(|((name, _), (shape, bytes))| {
+            (
+                *name,
+                TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize(views, None::<HashMap<String, String>>).unwrap()
+}
+
+/// Returns the logits of the last of three tokens.
+fn tiny_logits(model: &Model) -> Vec<f32> {
+    let mut seq = model.new_sequence().unwrap();
+    let logits = model.forward_blocking(&mut seq, &[0, 1, 2]).unwrap();
+    assert_eq!(logits.len(), 4);
+    assert!(logits.iter().all(|v| v.is_finite()), "{logits:?}");
+    logits
+}
+
+#[test]
+fn untied_hf_model_needs_lm_head() {
+    let Some(ctx) = focal_tests::gpu() else {
+        return;
+    };
+    let without_head = tiny_hf_safetensors(false);
+    let with_head = tiny_hf_safetensors(true);
+    let load = |extra: &str, weights: &[u8], uploads: &mut usize| {
+        let config = tiny_hf_config(extra);
+        let progress = &mut |_: usize, _: usize| *uploads += 1;
+        Model::from_hf(&ctx, &config, weights, TINY_TOKENIZER_JSON, None, progress)
+    };
+
+    // transformers' LlamaConfig defaults tie_word_embeddings to false, so an absent or
+    // null field needs lm_head.weight as much as an explicit false.
+    for extra in [
+        "",
+        r#""tie_word_embeddings": false"#,
+        r#""tie_word_embeddings": null"#,
+    ] {
+        let mut uploads = 0;
+        match load(extra, &without_head, &mut uploads) {
+            Err(Error::MissingTensor(name)) => assert_eq!(name, "lm_head.weight", "{extra:?}"),
+            other => panic!("{extra:?}: expected MissingTensor, found {:?}", other.err()),
+        }
+        assert_eq!(uploads, 0, "{extra:?}: tensors uploaded before the error");
+    }
+
+    let mut uploads = 0;
+    let tied = load(
+        r#""tie_word_embeddings": true"#,
+        &without_head,
+        &mut uploads,
+    )
+    .unwrap();
+    let logits = tiny_logits(&tied);
+    assert!(
+        logits.iter().all(|&v| v == logits[0]),
+        "tied head over equal embedding rows: {logits:?}"
+    );
+    assert!(uploads > 0, "progress was reported");
+
+    for extra in ["", r#""tie_word_embeddings": false"#] {
+        let untied = load(extra, &with_head, &mut 0).unwrap();
+        let logits = tiny_logits(&untied);
+        assert!(
+            logits.windows(2).all(|pair| pair[0] != pair[1]),
+            "{extra:?}: lm_head.weight rows differ, so the logits must: {logits:?}"
+        );
+    }
+
+    assert_format_error(
+        load(r#""tie_word_embeddings": "yes""#, &with_head, &mut 0),
+        "tie_word_embeddings",
     );
 }

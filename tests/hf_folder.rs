@@ -1,7 +1,11 @@
 //! The Hugging Face loader on a real checkpoint. Inside the test, the SmolLM2 GGUF is
 //! converted into a Hugging Face folder (config.json, bf16 model.safetensors,
-//! tokenizer.json and tokenizer_config.json). `Model::from_hf` loads that folder, and the
-//! result is checked against the GGUF model on the same adapter.
+//! tokenizer.json, tokenizer_config.json and chat_template.jinja). `Model::from_hf_files`
+//! loads that folder, and the result is checked against the GGUF model on the same adapter.
+//!
+//! The folder's tokenizer_config.json contains a decoy chat template that raises an error
+//! when rendered, and chat_template.jinja contains the real one, so the chat tests pass only
+//! when the file replaces the config's template, as it does in transformers.
 //!
 //! The conversion writes Q and K rows back in the rotate-half order of Hugging Face
 //! checkpoints, so a loader that skips or inverts its RoPE permutation gives wrong logits.
@@ -22,7 +26,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use focal::model::gguf::{Gguf, Value};
-use focal::model::{ChatMessage, GenerateOptions, Generator, Model, Tokenizer};
+use focal::model::{ChatMessage, GenerateOptions, Generator, HfFiles, Model, Tokenizer};
 use half::bf16;
 use model_support::{max_abs_diff, model, model_bytes, reference, top_k};
 use safetensors::tensor::TensorView;
@@ -38,6 +42,8 @@ const LOGIT_TOLERANCE: f32 = 0.25;
 const REFERENCE_TOLERANCE: f32 = 0.15;
 /// llama.cpp's token type for control tokens.
 const TOKEN_TYPE_CONTROL: u64 = 3;
+/// Chat template that fails to render, for the places the real template must replace.
+const DECOY_TEMPLATE: &str = "{{ raise_exception('the decoy chat template was rendered') }}";
 
 /// Reorders the rows of a `[heads * head_dim, cols]` Q or K projection from the Hugging
 /// Face rotate-half layout to GGUF's adjacent pairs. This is the converter's direction:
@@ -145,6 +151,7 @@ fn config_json(gguf: &Gguf<'_>) -> serde_json::Value {
         .parse()
         .unwrap();
     json!({
+        "_name_or_path": gguf.require_str("general.name").unwrap(),
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "attention_bias": false,
@@ -169,8 +176,8 @@ fn config_json(gguf: &Gguf<'_>) -> serde_json::Value {
 }
 
 /// Writes tokenizer_config.json: the special tokens by their text, the control tokens as
-/// `added_tokens_decoder` and the chat template from the GGUF metadata.
-fn tokenizer_config_json(gguf: &Gguf<'_>) -> serde_json::Value {
+/// `added_tokens_decoder` and `chat_template` as given.
+fn tokenizer_config_json(gguf: &Gguf<'_>, chat_template: serde_json::Value) -> serde_json::Value {
     let token = |key: &str| gguf_token(gguf, metadata_u64(gguf, key));
     let types = gguf
         .get("tokenizer.ggml.token_type")
@@ -207,7 +214,7 @@ fn tokenizer_config_json(gguf: &Gguf<'_>) -> serde_json::Value {
         "unk_token": token("tokenizer.ggml.unknown_token_id"),
         "clean_up_tokenization_spaces": false,
         "model_max_length": metadata_u64(gguf, "llama.context_length"),
-        "chat_template": gguf.require_str("tokenizer.chat_template").unwrap(),
+        "chat_template": chat_template,
     })
 }
 
@@ -262,7 +269,13 @@ fn tokenizer_json(gguf: &Gguf<'_>) -> String {
     tokenizer.inner().to_string(false).unwrap()
 }
 
-/// Converts the GGUF file in `bytes` into a Hugging Face folder at `dir`.
+/// Returns the chat template from the GGUF metadata.
+fn gguf_chat_template<'a>(gguf: &'a Gguf<'_>) -> &'a str {
+    gguf.require_str("tokenizer.chat_template").unwrap()
+}
+
+/// Converts the GGUF file in `bytes` into a Hugging Face folder at `dir`, with the chat
+/// template in chat_template.jinja and the decoy in tokenizer_config.json.
 fn write_hf_folder(bytes: &[u8], dir: &Path) {
     let gguf = Gguf::parse(bytes).unwrap();
     std::fs::create_dir_all(dir).unwrap();
@@ -271,7 +284,9 @@ fn write_hf_folder(bytes: &[u8], dir: &Path) {
         std::fs::write(dir.join(name), text).unwrap();
     };
     write_json("config.json", config_json(&gguf));
-    write_json("tokenizer_config.json", tokenizer_config_json(&gguf));
+    let tokenizer_config = tokenizer_config_json(&gguf, json!(DECOY_TEMPLATE));
+    write_json("tokenizer_config.json", tokenizer_config);
+    std::fs::write(dir.join("chat_template.jinja"), gguf_chat_template(&gguf)).unwrap();
     std::fs::write(dir.join("tokenizer.json"), tokenizer_json(&gguf)).unwrap();
     let weights = safetensors_bytes(&gguf, Dtype::BF16);
     std::fs::write(dir.join("model.safetensors"), weights).unwrap();
@@ -290,27 +305,59 @@ impl Drop for TempFolder {
     }
 }
 
-/// Loads a Hugging Face folder from its files, as `focal generate --model FOLDER` does.
-fn load_folder(ctx: &focal::Context, dir: &Path, progress: &mut dyn FnMut(usize, usize)) -> Model {
+/// Returns the name of the folder at `dir`, which `focal generate --model FOLDER` gives
+/// the model.
+fn folder_name(dir: &Path) -> String {
+    dir.file_name().unwrap().to_str().unwrap().to_string()
+}
+
+/// Loads a Hugging Face folder from its files, as `focal generate --model FOLDER` does,
+/// with `config_json` in place of the folder's config.json when given.
+fn load_folder(
+    ctx: &focal::Context,
+    dir: &Path,
+    config_json: Option<&[u8]>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> focal::Result<Model> {
     let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let folder_config = read("config.json");
+    let safetensors = read("model.safetensors");
+    let tokenizer_json = read("tokenizer.json");
     let tokenizer_config = read("tokenizer_config.json");
-    Model::from_hf(
-        ctx,
-        &read("config.json"),
-        &read("model.safetensors"),
-        &read("tokenizer.json"),
-        Some(&tokenizer_config),
-        progress,
-    )
-    .unwrap()
+    let chat_template = read("chat_template.jinja");
+    let name = folder_name(dir);
+    let files = HfFiles {
+        tokenizer_config: Some(&tokenizer_config),
+        chat_template: Some(&chat_template),
+        name: Some(&name),
+        ..HfFiles::new(
+            config_json.unwrap_or(&folder_config),
+            &safetensors,
+            &tokenizer_json,
+        )
+    };
+    Model::from_hf_files(ctx, &files, progress)
 }
 
 /// The GGUF model and the Hugging Face model converted from it, on the same context.
 struct Models {
     gguf: Model,
     hf: Model,
-    /// Last `(done, total)` that `from_hf` reported.
+    /// Name of the folder the Hugging Face model was loaded from.
+    folder_name: String,
+    /// Last `(done, total)` that `from_hf_files` reported.
     last_progress: (usize, usize),
+    /// Result of loading the folder with `tie_word_embeddings` set to false in config.json,
+    /// where the folder has no lm_head.weight.
+    untied_load: Result<(), String>,
+}
+
+/// Returns config.json of the folder at `dir` with `tie_word_embeddings` replaced.
+fn config_with_tie(dir: &Path, tie: bool) -> Vec<u8> {
+    let text = std::fs::read(dir.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    config["tie_word_embeddings"] = json!(tie);
+    serde_json::to_vec(&config).unwrap()
 }
 
 fn models() -> Option<&'static Models> {
@@ -328,21 +375,34 @@ fn models() -> Option<&'static Models> {
         let converted = start.elapsed().as_secs_f64();
         let start = Instant::now();
         let mut last_progress = (0, 0);
-        let hf = load_folder(&ctx, &dir, &mut |done, total| last_progress = (done, total));
+        let progress = &mut |done, total| last_progress = (done, total);
+        let hf = load_folder(&ctx, &dir, None, progress).unwrap();
         let loaded = start.elapsed().as_secs_f64();
         let size = std::fs::metadata(dir.join("model.safetensors"))
             .unwrap()
             .len();
         eprintln!(
-            "converted the GGUF in {converted:.1} s; from_hf read and loaded the folder \
+            "converted the GGUF in {converted:.1} s; from_hf_files read and loaded the folder \
              ({:.0} MB of bf16 safetensors) in {loaded:.1} s",
             size as f64 / 1e6
         );
+        // SmolLM2 ties its LM head to the embedding, so the folder has no lm_head.weight.
+        let untied = config_with_tie(&dir, false);
+        let untied_load = match load_folder(&ctx, &dir, Some(&untied), &mut |_, _| {}) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match e {
+                focal::Error::MissingTensor(name) => format!("MissingTensor({name})"),
+                other => format!("{other:?}"),
+            }),
+        };
+        let name = folder_name(&dir);
         drop(folder);
         Models {
             gguf,
             hf,
+            folder_name: name,
             last_progress,
+            untied_load,
         }
     }))
 }
@@ -384,6 +444,21 @@ fn hf_config_matches_gguf() {
     let (done, total) = models.last_progress;
     assert_eq!(done, total, "progress ends at the tensor count");
     assert!(total > 0, "progress was reported");
+    assert_eq!(
+        models.hf.name(),
+        models.folder_name,
+        "model named after its folder"
+    );
+}
+
+#[test]
+fn hf_untied_config_needs_lm_head() {
+    let Some(models) = models() else { return };
+    assert_eq!(
+        models.untied_load,
+        Err("MissingTensor(lm_head.weight)".to_string()),
+        "loading with tie_word_embeddings false and no lm_head.weight"
+    );
 }
 
 #[test]
@@ -507,7 +582,13 @@ fn hf_f32_weights_reproduce_gguf_logits() {
     let Some(bytes) = model_bytes() else { return };
     let gguf = Gguf::parse(bytes).unwrap();
     let config = serde_json::to_vec(&config_json(&gguf)).unwrap();
-    let tokenizer_config = serde_json::to_vec(&tokenizer_config_json(&gguf)).unwrap();
+    // The list form of `chat_template`, with the real template named "default" and not
+    // first, and no chat_template.jinja.
+    let templates = json!([
+        {"name": "tool_use", "template": DECOY_TEMPLATE},
+        {"name": "default", "template": gguf_chat_template(&gguf)},
+    ]);
+    let tokenizer_config = serde_json::to_vec(&tokenizer_config_json(&gguf, templates)).unwrap();
     let weights = safetensors_bytes(&gguf, Dtype::F32);
     let f32_model = Model::from_hf(
         &ctx,
@@ -519,6 +600,17 @@ fn hf_f32_weights_reproduce_gguf_logits() {
     )
     .unwrap();
     drop(weights);
+    assert_eq!(
+        f32_model.name(),
+        models.gguf.name(),
+        "name from _name_or_path"
+    );
+    assert_eq!(
+        f32_model.tokenizer().chat_template(),
+        models.gguf.tokenizer().chat_template(),
+        "default entry of the chat_template list"
+    );
+    assert_eq!(chat_prompt(&f32_model), chat_prompt(&models.gguf));
 
     // Both models upload the same f32 values, converted alike to the GPU dtype, and run
     // the same kernels, so their logits are equal.

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use focal::model::{ChatMessage, GenerateOptions, Generator, Model};
+use focal::model::{ChatMessage, GenerateOptions, Generator, HfFiles, Model};
 use focal::{Context, Error, Result};
 
 /// Model file that `just fetch-model` downloads.
@@ -16,7 +16,8 @@ pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 #[derive(clap::Args, Clone, Debug)]
 pub struct PromptArgs {
     /// A GGUF file, or a Hugging Face folder with config.json, model.safetensors and
-    /// tokenizer.json. Default: the model `just fetch-model` downloads.
+    /// tokenizer.json, plus tokenizer_config.json and chat_template.jinja when present.
+    /// Default: the model `just fetch-model` downloads.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Raw prompt text, passed to the model as is.
@@ -90,7 +91,66 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// Loads the model at `path` (GGUF file or Hugging Face folder) with a progress bar.
+/// Reads a file that may be absent, returning `None` when it does not exist and an error
+/// when it exists but cannot be read.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// The files of a Hugging Face model folder, read into memory.
+struct HfFolder {
+    /// The folder's own name, which names the model.
+    name: Option<String>,
+    config_json: Vec<u8>,
+    safetensors: Vec<u8>,
+    tokenizer_json: Vec<u8>,
+    tokenizer_config: Option<Vec<u8>>,
+    /// `chat_template.jinja`, which replaces the template in `tokenizer_config.json`.
+    chat_template: Option<Vec<u8>>,
+}
+
+impl HfFolder {
+    /// Reads config.json, model.safetensors and tokenizer.json, and tokenizer_config.json
+    /// and chat_template.jinja when they exist.
+    fn read(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            name: folder_name(dir),
+            config_json: read(&dir.join("config.json"))?,
+            safetensors: read(&dir.join("model.safetensors"))?,
+            tokenizer_json: read(&dir.join("tokenizer.json"))?,
+            tokenizer_config: read_optional(&dir.join("tokenizer_config.json"))?,
+            chat_template: read_optional(&dir.join("chat_template.jinja"))?,
+        })
+    }
+
+    fn files(&self) -> HfFiles<'_> {
+        HfFiles {
+            tokenizer_config: self.tokenizer_config.as_deref(),
+            chat_template: self.chat_template.as_deref(),
+            name: self.name.as_deref(),
+            ..HfFiles::new(&self.config_json, &self.safetensors, &self.tokenizer_json)
+        }
+    }
+}
+
+/// Returns the last component of `dir`, resolving paths such as `.` that have none.
+fn folder_name(dir: &Path) -> Option<String> {
+    let name = match dir.file_name() {
+        Some(name) => name.to_os_string(),
+        None => dir.canonicalize().ok()?.file_name()?.to_os_string(),
+    };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// Loads the model at `path` (GGUF file or Hugging Face folder) with a progress bar. A
+/// folder's model is named after the folder.
 pub fn load_model(ctx: &Context, given: Option<&Path>) -> Result<Model> {
     let path = model_path(given)?;
     let bar = indicatif::ProgressBar::new(0);
@@ -105,18 +165,8 @@ pub fn load_model(ctx: &Context, given: Option<&Path>) -> Result<Model> {
         bar.set_position(done as u64);
     };
     let model = if path.is_dir() {
-        let config = read(&path.join("config.json"))?;
-        let weights = read(&path.join("model.safetensors"))?;
-        let tokenizer = read(&path.join("tokenizer.json"))?;
-        let tokenizer_config = read(&path.join("tokenizer_config.json")).ok();
-        Model::from_hf(
-            ctx,
-            &config,
-            &weights,
-            &tokenizer,
-            tokenizer_config.as_deref(),
-            &mut progress,
-        )?
+        let folder = HfFolder::read(&path)?;
+        Model::from_hf_files(ctx, &folder.files(), &mut progress)?
     } else {
         Model::from_gguf(ctx, &read(&path)?, &mut progress)?
     };
@@ -194,4 +244,100 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         generated as f64 / decode.max(1e-9),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temporary folder, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(label: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("focal-{label}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn write(&self, name: &str, contents: &str) {
+            std::fs::write(self.0.join(name), contents).unwrap();
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn write_required(dir: &TempDir) {
+        dir.write("config.json", "{config}");
+        dir.write("model.safetensors", "weights");
+        dir.write("tokenizer.json", "{tokenizer}");
+    }
+
+    #[test]
+    fn folder_reads_optional_files() {
+        let dir = TempDir::new("hf-optional");
+        write_required(&dir);
+        let folder = HfFolder::read(&dir.0).unwrap();
+        assert_eq!(folder.config_json, b"{config}");
+        assert_eq!(folder.safetensors, b"weights");
+        assert_eq!(folder.tokenizer_json, b"{tokenizer}");
+        assert_eq!(folder.tokenizer_config, None);
+        assert_eq!(folder.chat_template, None);
+
+        dir.write("tokenizer_config.json", "{\"chat_template\": \"config\"}");
+        dir.write("chat_template.jinja", "{{ messages }}");
+        let folder = HfFolder::read(&dir.0).unwrap();
+        let files = folder.files();
+        assert_eq!(
+            files.tokenizer_config,
+            Some(&b"{\"chat_template\": \"config\"}"[..])
+        );
+        assert_eq!(files.chat_template, Some(&b"{{ messages }}"[..]));
+        assert_eq!(files.config_json, b"{config}");
+    }
+
+    #[test]
+    fn folder_names_the_model() {
+        let dir = TempDir::new("hf-name");
+        write_required(&dir);
+        let want = dir.0.file_name().unwrap().to_str().unwrap().to_string();
+        let folder = HfFolder::read(&dir.0).unwrap();
+        assert_eq!(folder.name.as_deref(), Some(want.as_str()));
+        assert_eq!(folder.files().name, Some(want.as_str()));
+
+        let with_slash = PathBuf::from(format!("{}/", dir.0.display()));
+        assert_eq!(folder_name(&with_slash).as_deref(), Some(want.as_str()));
+        let dotted = dir.0.join(".");
+        assert_eq!(folder_name(&dotted).as_deref(), Some(want.as_str()));
+        assert_eq!(folder_name(Path::new("/")), None);
+    }
+
+    #[test]
+    fn folder_errors_name_the_file() {
+        let dir = TempDir::new("hf-errors");
+        dir.write("config.json", "{}");
+        dir.write("model.safetensors", "weights");
+        match HfFolder::read(&dir.0) {
+            Err(Error::Io { path, source }) => {
+                assert!(path.ends_with("tokenizer.json"), "path {path}");
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("expected an I/O error, found {:?}", other.err()),
+        }
+
+        // An optional file that exists but cannot be read is an error, not an absent file.
+        dir.write("tokenizer.json", "{}");
+        std::fs::create_dir(dir.0.join("chat_template.jinja")).unwrap();
+        match HfFolder::read(&dir.0) {
+            Err(Error::Io { path, .. }) => {
+                assert!(path.ends_with("chat_template.jinja"), "path {path}")
+            }
+            other => panic!("expected an I/O error, found {:?}", other.err()),
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! `config.json`.
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::gguf::Gguf;
 use crate::{Error, Result};
@@ -51,6 +52,86 @@ struct HfConfig {
     max_position_embeddings: Option<usize>,
     hidden_act: Option<String>,
     rope_scaling: Option<serde_json::Value>,
+}
+
+/// Facts from a Hugging Face `config.json` beyond the hyperparameters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct HfModelInfo {
+    /// `_name_or_path` when it is not blank, else the first non-blank `architectures` entry.
+    pub name: Option<String>,
+    /// `tie_word_embeddings`, or `None` when the key is absent or null.
+    pub tie_word_embeddings: Option<bool>,
+}
+
+impl HfModelInfo {
+    /// Returns whether the LM head reuses the embedding matrix. An absent
+    /// `tie_word_embeddings` means false, the default of transformers' `LlamaConfig`.
+    pub fn ties_word_embeddings(&self) -> bool {
+        self.tie_word_embeddings.unwrap_or(false)
+    }
+
+    fn from_json(root: &Value) -> Result<Self> {
+        let tie_word_embeddings = match root.get("tie_word_embeddings") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(tie)) => Some(*tie),
+            Some(other) => {
+                return Err(format_error(
+                    "config.json",
+                    "tie_word_embeddings",
+                    format!("expected true or false, found {other}"),
+                ))
+            }
+        };
+        Ok(Self {
+            name: read_model_name(root)?,
+            tie_word_embeddings,
+        })
+    }
+}
+
+/// Reads the model name from `_name_or_path`, falling back to the first non-blank
+/// `architectures` entry. An empty or blank `_name_or_path` counts as absent.
+fn read_model_name(root: &Value) -> Result<Option<String>> {
+    match root.get("_name_or_path") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(name)) if !name.trim().is_empty() => {
+            return Ok(Some(name.trim().to_string()))
+        }
+        Some(Value::String(_)) => {}
+        Some(other) => {
+            return Err(format_error(
+                "config.json",
+                "_name_or_path",
+                format!("expected a string, found {other}"),
+            ))
+        }
+    }
+    let architectures = match root.get("architectures") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(format_error(
+                "config.json",
+                "architectures",
+                format!("expected a list of class names, found {other}"),
+            ))
+        }
+    };
+    let mut names = Vec::with_capacity(architectures.len());
+    for (index, item) in architectures.iter().enumerate() {
+        let name = item.as_str().ok_or_else(|| {
+            format_error(
+                "config.json",
+                "architectures",
+                format!("item {index} is not a string: {item}"),
+            )
+        })?;
+        names.push(name);
+    }
+    Ok(names
+        .into_iter()
+        .find(|name| !name.trim().is_empty())
+        .map(|name| name.trim().to_string()))
 }
 
 impl LlamaConfig {
@@ -109,7 +190,16 @@ impl LlamaConfig {
 
     /// Parses a Hugging Face `config.json` of a `LlamaForCausalLM` model.
     pub fn from_hf_json(bytes: &[u8]) -> Result<Self> {
+        Ok(Self::from_hf_json_with_info(bytes)?.0)
+    }
+
+    /// Parses a Hugging Face `config.json` into the hyperparameters and the model's name
+    /// and embedding tying. Errors name the field that is missing or invalid.
+    pub(crate) fn from_hf_json_with_info(bytes: &[u8]) -> Result<(Self, HfModelInfo)> {
+        // Parsing from bytes, not from a `Value`, keeps the line and column in errors.
         let hf: HfConfig = serde_json::from_slice(bytes)
+            .map_err(|e| format_error("config.json", "(root)", e.to_string()))?;
+        let root: Value = serde_json::from_slice(bytes)
             .map_err(|e| format_error("config.json", "(root)", e.to_string()))?;
         if let Some(act) = hf.hidden_act.as_deref() {
             if act != "silu" {
@@ -142,7 +232,7 @@ impl LlamaConfig {
             context_length: hf.max_position_embeddings.unwrap_or(2048),
         };
         config.validate("config.json")?;
-        Ok(config)
+        Ok((config, HfModelInfo::from_json(&root)?))
     }
 
     /// Checks the constraints the kernels rely on; tensor shapes are checked on load.
@@ -201,5 +291,99 @@ impl LlamaConfig {
     /// Width of the fused Q, K and V projection output.
     pub fn qkv_width(&self) -> usize {
         (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Returns a valid `config.json` of a tiny model with `extra` fields added.
+    fn config_json(extra: &str) -> Vec<u8> {
+        let mut text = r#"{"num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "hidden_size": 8, "intermediate_size": 8,
+            "vocab_size": 4, "hidden_act": "silu""#
+            .to_string();
+        if !extra.is_empty() {
+            text.push_str(", ");
+            text.push_str(extra);
+        }
+        text.push('}');
+        text.into_bytes()
+    }
+
+    fn info(extra: &str) -> Result<HfModelInfo> {
+        LlamaConfig::from_hf_json_with_info(&config_json(extra)).map(|(_, info)| info)
+    }
+
+    fn assert_field_error(result: Result<HfModelInfo>, want_field: &str) {
+        match result {
+            Err(Error::Format { format, field, .. }) => {
+                assert_eq!(format, "config.json");
+                assert_eq!(field, want_field);
+            }
+            other => panic!("expected a format error naming {want_field}, found {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hf_name_prefers_name_or_path() {
+        let both = r#""_name_or_path": "org/tiny-llama", "architectures": ["LlamaForCausalLM"]"#;
+        assert_eq!(info(both).unwrap().name.as_deref(), Some("org/tiny-llama"));
+        let only_class = r#""architectures": ["LlamaForCausalLM"]"#;
+        assert_eq!(
+            info(only_class).unwrap().name.as_deref(),
+            Some("LlamaForCausalLM")
+        );
+        let blank_path = r#""_name_or_path": " ", "architectures": ["LlamaForCausalLM"]"#;
+        assert_eq!(
+            info(blank_path).unwrap().name.as_deref(),
+            Some("LlamaForCausalLM")
+        );
+        let null_path = r#""_name_or_path": null, "architectures": ["", "LlamaModel"]"#;
+        assert_eq!(info(null_path).unwrap().name.as_deref(), Some("LlamaModel"));
+        assert_eq!(info("").unwrap().name, None);
+        assert_eq!(info(r#""architectures": []"#).unwrap().name, None);
+    }
+
+    #[test]
+    fn hf_name_rejects_wrong_types() {
+        assert_field_error(info(r#""_name_or_path": 7"#), "_name_or_path");
+        assert_field_error(
+            info(r#""architectures": "LlamaForCausalLM""#),
+            "architectures",
+        );
+        assert_field_error(
+            info(r#""architectures": ["LlamaForCausalLM", 3]"#),
+            "architectures",
+        );
+    }
+
+    #[test]
+    fn tie_word_embeddings_defaults_to_false() {
+        let absent = info("").unwrap();
+        assert_eq!(absent.tie_word_embeddings, None);
+        assert!(!absent.ties_word_embeddings());
+        let null = info(r#""tie_word_embeddings": null"#).unwrap();
+        assert!(!null.ties_word_embeddings());
+        let tied = info(r#""tie_word_embeddings": true"#).unwrap();
+        assert_eq!(tied.tie_word_embeddings, Some(true));
+        assert!(tied.ties_word_embeddings());
+        let untied = info(r#""tie_word_embeddings": false"#).unwrap();
+        assert_eq!(untied.tie_word_embeddings, Some(false));
+        assert!(!untied.ties_word_embeddings());
+        assert_field_error(
+            info(r#""tie_word_embeddings": "true""#),
+            "tie_word_embeddings",
+        );
+    }
+
+    #[test]
+    fn hf_json_keeps_hyperparameters() {
+        let bytes = config_json(r#""tie_word_embeddings": true"#);
+        let (config, _) = LlamaConfig::from_hf_json_with_info(&bytes).unwrap();
+        assert_eq!(config, LlamaConfig::from_hf_json(&bytes).unwrap());
+        assert_eq!(config.head_dim, 4);
+        assert_eq!(config.kv_heads, 1);
     }
 }

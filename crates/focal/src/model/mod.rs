@@ -38,6 +38,48 @@ pub use tokenizer::{ChatMessage, Tokenizer};
 use crate::kv::{KvBudget, KvCache, KvCacheConfig};
 use crate::{Context, DType, Result};
 
+/// Contents of the files of a Hugging Face model folder, for [`Model::from_hf_files`].
+#[derive(Clone, Copy)]
+pub struct HfFiles<'a> {
+    /// `config.json`.
+    pub config_json: &'a [u8],
+    /// `model.safetensors`.
+    pub safetensors: &'a [u8],
+    /// `tokenizer.json`.
+    pub tokenizer_json: &'a [u8],
+    /// `tokenizer_config.json`, with the special tokens and usually the chat template.
+    pub tokenizer_config: Option<&'a [u8]>,
+    /// `chat_template.jinja`, which replaces the template in `tokenizer_config.json`.
+    pub chat_template: Option<&'a [u8]>,
+    /// Model name, for example the folder's name, in place of the one in `config.json`.
+    pub name: Option<&'a str>,
+}
+
+impl<'a> HfFiles<'a> {
+    /// Returns the three required files, without the optional ones or a name.
+    pub fn new(config_json: &'a [u8], safetensors: &'a [u8], tokenizer_json: &'a [u8]) -> Self {
+        Self {
+            config_json,
+            safetensors,
+            tokenizer_json,
+            tokenizer_config: None,
+            chat_template: None,
+            name: None,
+        }
+    }
+}
+
+/// Returns the first non-blank name of `requested` and `from_config`, else "llama".
+fn hf_model_name(requested: Option<&str>, from_config: Option<&str>) -> String {
+    [requested, from_config]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|name| !name.is_empty())
+        .unwrap_or("llama")
+        .to_string()
+}
+
 /// A loaded model: configuration, GPU weights, tokenizer and the paged KV cache that its
 /// sequences share. Cloning is cheap and shares the cache.
 #[derive(Clone)]
@@ -93,6 +135,8 @@ impl Model {
     /// Loads a model in the Hugging Face layout from the contents of `config.json`,
     /// `model.safetensors`, `tokenizer.json` and, when present, `tokenizer_config.json`
     /// (which contains the chat template).
+    ///
+    /// Same as [`Model::from_hf_files`] with no `chat_template.jinja` and no given name.
     pub fn from_hf(
         ctx: &Context,
         config_json: &[u8],
@@ -101,11 +145,40 @@ impl Model {
         tokenizer_config: Option<&[u8]>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
-        let config = LlamaConfig::from_hf_json(config_json)?;
-        let tokenizer = Tokenizer::from_json(tokenizer_json, tokenizer_config)?;
-        let source = weights::HfSafetensors::parse(safetensors, &config)?;
+        let files = HfFiles {
+            tokenizer_config,
+            ..HfFiles::new(config_json, safetensors, tokenizer_json)
+        };
+        Self::from_hf_files(ctx, &files, progress)
+    }
+
+    /// Loads a model in the Hugging Face layout from the contents of its files, calling
+    /// `progress(done, total)` after each tensor is uploaded.
+    ///
+    /// The chat template comes from `chat_template.jinja` when given, else from
+    /// `tokenizer_config.json` (see [`Tokenizer::from_hf`]). The name is `files.name`,
+    /// else `_name_or_path` or the first `architectures` entry of `config.json`, else
+    /// "llama". Errors: [`Error::Format`](crate::Error::Format) naming the file and field,
+    /// [`Error::MissingTensor`](crate::Error::MissingTensor) (also for `lm_head.weight`
+    /// when `tie_word_embeddings` is false or absent, the transformers default for Llama),
+    /// [`Error::UnsupportedTensorType`](crate::Error::UnsupportedTensorType) and device
+    /// limit errors when a tensor does not fit one buffer.
+    pub fn from_hf_files(
+        ctx: &Context,
+        files: &HfFiles<'_>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let (config, info) = LlamaConfig::from_hf_json_with_info(files.config_json)?;
+        let tokenizer = Tokenizer::from_hf(
+            files.tokenizer_json,
+            files.tokenizer_config,
+            files.chat_template,
+        )?;
+        let source =
+            weights::HfSafetensors::parse(files.safetensors, &config, info.ties_word_embeddings())?;
         let weights = weights::load(ctx, &config, &source, progress)?;
-        Self::assemble(ctx, config, weights, tokenizer, "llama".into())
+        let name = hf_model_name(files.name, info.name.as_deref());
+        Self::assemble(ctx, config, weights, tokenizer, name)
     }
 
     fn assemble(
@@ -161,7 +234,8 @@ impl Model {
         &self.inner.ctx
     }
 
-    /// Model name from the file's metadata.
+    /// Model name: `general.name` of a GGUF file, or for a Hugging Face model the name
+    /// chosen by [`Model::from_hf_files`]. It is "llama" when the files name none.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -180,5 +254,20 @@ impl Model {
     /// its cached K and V blocks copy-on-write.
     pub fn fork(&self, seq: &Sequence) -> Result<Sequence> {
         seq.fork(&self.inner.ctx, &self.inner.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_name_order() {
+        assert_eq!(hf_model_name(Some("smol"), Some("org/model")), "smol");
+        assert_eq!(hf_model_name(None, Some("org/model")), "org/model");
+        assert_eq!(hf_model_name(Some("  "), Some("org/model")), "org/model");
+        assert_eq!(hf_model_name(Some(" smol "), None), "smol");
+        assert_eq!(hf_model_name(None, None), "llama");
+        assert_eq!(hf_model_name(Some(""), Some("")), "llama");
     }
 }

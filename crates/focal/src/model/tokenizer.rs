@@ -71,6 +71,72 @@ fn format_error(field: &str, detail: impl Into<String>) -> Error {
     }
 }
 
+fn tokenizer_config_error(field: &str, detail: impl Into<String>) -> Error {
+    Error::Format {
+        format: "tokenizer_config.json",
+        field: field.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// Reads the `chat_template` field of `tokenizer_config.json`: absent or null, a string, or
+/// a list of `{"name", "template"}` objects.
+fn config_chat_template(config: &serde_json::Value) -> Result<Option<String>> {
+    use serde_json::Value;
+
+    let items = match config.get("chat_template") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(template)) => return Ok(Some(template.clone())),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            let kind = match other {
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                _ => "an object",
+            };
+            return Err(tokenizer_config_error(
+                "chat_template",
+                format!("expected a string or a list of {{name, template}} objects, found {kind}"),
+            ));
+        }
+    };
+    let mut templates: Vec<(&str, &str)> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let text = |key: &str| {
+            item.get(key).and_then(Value::as_str).ok_or_else(|| {
+                tokenizer_config_error(
+                    "chat_template",
+                    format!("item {index} has no string \"{key}\" field"),
+                )
+            })
+        };
+        let (name, template) = (text("name")?, text("template")?);
+        if templates.iter().any(|&(seen, _)| seen == name) {
+            return Err(tokenizer_config_error(
+                "chat_template",
+                format!("item {index} repeats the template name {name:?}"),
+            ));
+        }
+        templates.push((name, template));
+    }
+    if let Some(&(_, template)) = templates.iter().find(|&&(name, _)| name == "default") {
+        return Ok(Some(template.to_string()));
+    }
+    let Some(&(first, template)) = templates.first() else {
+        return Err(tokenizer_config_error(
+            "chat_template",
+            "the list contains no templates",
+        ));
+    };
+    // NOTE: transformers' `get_chat_template` raises an error for a list without a
+    // "default" entry unless the caller names a template. This loader takes the first.
+    let names: Vec<&str> = templates.iter().map(|&(name, _)| name).collect();
+    log::warn!(
+        "tokenizer_config.json has no \"default\" chat template among {names:?}; using {first:?}"
+    );
+    Ok(Some(template.to_string()))
+}
+
 fn string_array<'a>(gguf: &'a Gguf<'_>, key: &str) -> Result<Vec<&'a str>> {
     let items = gguf
         .get(key)
@@ -191,14 +257,32 @@ impl Tokenizer {
 
     /// Loads a `tokenizer.json` file's contents, with the chat template and special
     /// tokens from `tokenizer_config.json` when given.
+    ///
+    /// Same as [`Tokenizer::from_hf`] without a `chat_template.jinja` file.
     pub fn from_json(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>) -> Result<Self> {
+        Self::from_hf(tokenizer_json, tokenizer_config, None)
+    }
+
+    /// Loads the tokenizer of a Hugging Face model folder from the contents of
+    /// `tokenizer.json`, `tokenizer_config.json` and `chat_template.jinja` (the last two
+    /// when present).
+    ///
+    /// `chat_template.jinja` replaces the template in `tokenizer_config.json`, as
+    /// transformers does when it loads a folder that has both, so a malformed
+    /// `chat_template` field is then not read. That field may be a string or a list of
+    /// `{"name", "template"}` objects, from which the one named `default` is taken, else
+    /// the first. Errors: [`Error::Tokenizer`] for an invalid `tokenizer.json`, and
+    /// [`Error::Format`] naming the file and field for invalid JSON, a malformed
+    /// `chat_template` or a `chat_template.jinja` that is not UTF-8.
+    pub fn from_hf(
+        tokenizer_json: &[u8],
+        tokenizer_config: Option<&[u8]>,
+        chat_template_file: Option<&[u8]>,
+    ) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(tokenizer_error)?;
         let config: serde_json::Value = match tokenizer_config {
-            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| Error::Format {
-                format: "tokenizer_config.json",
-                field: "(root)".into(),
-                detail: e.to_string(),
-            })?,
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map_err(|e| tokenizer_config_error("(root)", e.to_string()))?,
             None => serde_json::Value::Null,
         };
         let token_id = |key: &str| {
@@ -215,10 +299,23 @@ impl Tokenizer {
             .get("add_bos_token")
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false);
-        let chat_template = config
-            .get("chat_template")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_string);
+        let chat_template = match chat_template_file {
+            Some(bytes) => {
+                if config.get("chat_template").is_some_and(|v| !v.is_null()) {
+                    log::info!(
+                        "using chat_template.jinja in place of the chat template in \
+                         tokenizer_config.json"
+                    );
+                }
+                let text = std::str::from_utf8(bytes).map_err(|e| Error::Format {
+                    format: "chat_template.jinja",
+                    field: "(contents)".into(),
+                    detail: format!("not UTF-8: {e}"),
+                })?;
+                Some(text.to_string())
+            }
+            None => config_chat_template(&config)?,
+        };
         Ok(Self::assemble(inner, chat_template, bos, eos, add_bos))
     }
 
@@ -330,5 +427,149 @@ impl Tokenizer {
             },
         )
         .map_err(|e| Error::Tokenizer(format!("rendering the chat template failed: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `tokenizer.json` with a four-token BPE vocabulary.
+    const TOKENIZER_JSON: &[u8] = br#"{"version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [], "normalizer": null, "pre_tokenizer": null, "post_processor": null,
+        "decoder": null, "model": {"type": "BPE", "dropout": null, "unk_token": null,
+        "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+        "byte_fallback": false, "vocab": {"a": 0, "b": 1, "ab": 2, "c": 3}, "merges": ["a b"]}}"#;
+
+    /// Loads the test tokenizer with `chat_template_field` as the value of
+    /// `tokenizer_config.json`'s `chat_template` field, or without the field when empty.
+    fn load(chat_template_field: &str, jinja: Option<&[u8]>) -> Result<Tokenizer> {
+        let config = if chat_template_field.is_empty() {
+            "{}".to_string()
+        } else {
+            format!(r#"{{"chat_template": {chat_template_field}}}"#)
+        };
+        Tokenizer::from_hf(TOKENIZER_JSON, Some(config.as_bytes()), jinja)
+    }
+
+    fn template(chat_template_field: &str) -> Option<String> {
+        let tokenizer = load(chat_template_field, None).unwrap();
+        tokenizer.chat_template().map(str::to_string)
+    }
+
+    /// Checks that the result is a tokenizer_config.json format error on `chat_template`
+    /// whose detail contains `detail_part`.
+    fn assert_template_error(result: Result<Tokenizer>, detail_part: &str) {
+        match result {
+            Err(Error::Format {
+                format,
+                field,
+                detail,
+            }) => {
+                assert_eq!(format, "tokenizer_config.json");
+                assert_eq!(field, "chat_template");
+                assert!(detail.contains(detail_part), "detail {detail:?}");
+            }
+            other => panic!("expected a chat_template format error, found {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chat_template_string_and_null() {
+        assert_eq!(template(r#""{{ 1 }}""#).as_deref(), Some("{{ 1 }}"));
+        assert_eq!(template("null"), None);
+        assert_eq!(template(""), None);
+        let without_config = Tokenizer::from_json(TOKENIZER_JSON, None).unwrap();
+        assert_eq!(without_config.chat_template(), None);
+    }
+
+    #[test]
+    fn chat_template_list_prefers_default() {
+        let list = r#"[{"name": "tool_use", "template": "tools"},
+            {"name": "default", "template": "plain"}]"#;
+        assert_eq!(template(list).as_deref(), Some("plain"));
+        let no_default = r#"[{"name": "rag", "template": "first"},
+            {"name": "tool_use", "template": "second"}]"#;
+        assert_eq!(template(no_default).as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn chat_template_list_renders() {
+        let list = r#"[{"name": "default",
+            "template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"}]"#;
+        let tokenizer = load(list, None).unwrap();
+        let text = tokenizer
+            .apply_chat_template(&[ChatMessage::new("user", "hi")], false)
+            .unwrap();
+        assert_eq!(text, "<user>hi");
+    }
+
+    #[test]
+    fn malformed_chat_template_is_named() {
+        assert_template_error(load("42", None), "found a number");
+        assert_template_error(load("true", None), "found a boolean");
+        assert_template_error(load(r#"{"default": "x"}"#, None), "found an object");
+        assert_template_error(load("[]", None), "no templates");
+        assert_template_error(load(r#"["x"]"#, None), "item 0 has no string \"name\"");
+        assert_template_error(
+            load(r#"[{"name": "default", "template": 1}]"#, None),
+            "item 0 has no string \"template\"",
+        );
+        assert_template_error(
+            load(
+                r#"[{"name": "a", "template": "x"}, {"template": "y"}]"#,
+                None,
+            ),
+            "item 1 has no string \"name\"",
+        );
+        assert_template_error(
+            load(
+                r#"[{"name": "a", "template": "x"}, {"name": "a", "template": "y"}]"#,
+                None,
+            ),
+            "repeats the template name \"a\"",
+        );
+    }
+
+    #[test]
+    fn jinja_file_replaces_config_template() {
+        let file = Some("{{ 'from the file' }}".as_bytes());
+        let tokenizer = load(r#""from the config""#, file).unwrap();
+        assert_eq!(tokenizer.chat_template(), Some("{{ 'from the file' }}"));
+        let rendered = tokenizer.apply_chat_template(&[], false).unwrap();
+        assert_eq!(rendered, "from the file");
+
+        // The file also applies without tokenizer_config.json, and a malformed config
+        // field is not read when the file replaces it.
+        let alone = Tokenizer::from_hf(TOKENIZER_JSON, None, file).unwrap();
+        assert_eq!(alone.chat_template(), Some("{{ 'from the file' }}"));
+        let over_malformed = load("42", file).unwrap();
+        assert_eq!(
+            over_malformed.chat_template(),
+            Some("{{ 'from the file' }}")
+        );
+    }
+
+    #[test]
+    fn jinja_file_must_be_utf8() {
+        match load("", Some(&[b'{', 0xff, b'}'])) {
+            Err(Error::Format { format, detail, .. }) => {
+                assert_eq!(format, "chat_template.jinja");
+                assert!(detail.contains("UTF-8"), "detail {detail:?}");
+            }
+            other => panic!("expected a chat_template.jinja format error, found {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_tokenizer_config_is_named() {
+        let result = Tokenizer::from_hf(TOKENIZER_JSON, Some(b"{not json"), None);
+        match result {
+            Err(Error::Format { format, field, .. }) => {
+                assert_eq!(format, "tokenizer_config.json");
+                assert_eq!(field, "(root)");
+            }
+            other => panic!("expected a tokenizer_config.json format error, found {other:?}"),
+        }
     }
 }

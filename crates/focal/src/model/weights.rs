@@ -35,6 +35,9 @@ impl TensorSource for Gguf<'_> {
     }
 }
 
+/// Hugging Face name of the LM head, the output projection to vocabulary logits.
+const LM_HEAD: &str = "lm_head.weight";
+
 /// A Hugging Face `model.safetensors` file, with names mapped to GGUF names and the Q
 /// and K rows permuted into the layout llama.cpp uses for RoPE on adjacent pairs.
 pub(crate) struct HfSafetensors<'a> {
@@ -45,12 +48,30 @@ pub(crate) struct HfSafetensors<'a> {
 
 impl HfSafetensors<'_> {
     /// Parses the header of a safetensors file held in `bytes`.
-    pub fn parse<'b>(bytes: &'b [u8], config: &LlamaConfig) -> Result<HfSafetensors<'b>> {
+    ///
+    /// Unless `tie_word_embeddings` is set, a file without `lm_head.weight` fails with
+    /// [`Error::MissingTensor`] before any tensor is uploaded.
+    pub fn parse<'b>(
+        bytes: &'b [u8],
+        config: &LlamaConfig,
+        tie_word_embeddings: bool,
+    ) -> Result<HfSafetensors<'b>> {
         let tensors = SafeTensors::deserialize(bytes).map_err(|e| Error::Format {
             format: "safetensors",
             field: "header".into(),
             detail: e.to_string(),
         })?;
+        if !tie_word_embeddings && tensors.tensor(LM_HEAD).is_err() {
+            log::warn!(
+                "model.safetensors has no {LM_HEAD}, and config.json does not set \
+                 tie_word_embeddings to true (absent means false for Llama models): add the \
+                 tensor, or set tie_word_embeddings to true if the LM head is the embedding"
+            );
+            return Err(Error::MissingTensor(LM_HEAD.into()));
+        }
+        // NOTE: with tie_word_embeddings set, an lm_head.weight in the file is still used
+        // as the LM head (see `load`). Whether transformers keeps that tensor or the
+        // embedding in this case is not checked.
         Ok(HfSafetensors {
             tensors,
             heads: config.heads,
@@ -79,7 +100,7 @@ impl HfSafetensors<'_> {
         match name {
             "token_embd.weight" => "model.embed_tokens.weight".into(),
             "output_norm.weight" => "model.norm.weight".into(),
-            "output.weight" => "lm_head.weight".into(),
+            "output.weight" => LM_HEAD.into(),
             other => other.into(),
         }
     }
@@ -303,4 +324,80 @@ pub(crate) fn load(
         final_norm,
         lm_head,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use safetensors::tensor::TensorView;
+
+    use super::*;
+
+    fn tiny_config() -> LlamaConfig {
+        LlamaConfig::from_hf_json(
+            br#"{"num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "hidden_size": 8, "intermediate_size": 8, "vocab_size": 4}"#,
+        )
+        .unwrap()
+    }
+
+    /// Returns a safetensors file with a `[4, 8]` f32 tensor under each name.
+    fn safetensors_with(names: &[&str]) -> Vec<u8> {
+        let data: Vec<u8> = (0..32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let views: Vec<(&str, TensorView<'_>)> = names
+            .iter()
+            .map(|&name| {
+                (
+                    name,
+                    TensorView::new(Dtype::F32, vec![4, 8], &data).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::tensor::serialize(views, None::<HashMap<String, String>>).unwrap()
+    }
+
+    #[test]
+    fn untied_head_requires_lm_head() {
+        let config = tiny_config();
+        let without_head = safetensors_with(&["model.embed_tokens.weight"]);
+        match HfSafetensors::parse(&without_head, &config, false) {
+            Err(Error::MissingTensor(name)) => assert_eq!(name, "lm_head.weight"),
+            Err(other) => panic!("expected MissingTensor, found {other:?}"),
+            Ok(_) => panic!("an untied model without lm_head.weight was accepted"),
+        }
+
+        let tied = HfSafetensors::parse(&without_head, &config, true).unwrap();
+        assert!(
+            !tied.contains("output.weight"),
+            "the head ties to the embedding"
+        );
+        assert!(tied.contains("token_embd.weight"));
+
+        let with_head = safetensors_with(&["model.embed_tokens.weight", "lm_head.weight"]);
+        for tie in [false, true] {
+            let source = HfSafetensors::parse(&with_head, &config, tie).unwrap();
+            assert!(
+                source.contains("output.weight"),
+                "tie_word_embeddings {tie}"
+            );
+            let (data, shape) = source.load("output.weight").unwrap();
+            assert_eq!(shape, [4, 8]);
+            assert_eq!(data[31], 31.0);
+        }
+    }
+
+    #[test]
+    fn corrupt_header_is_format_error_first() {
+        let config = tiny_config();
+        // The header claims 255 bytes where the file has 2, so parsing fails before the
+        // check for lm_head.weight, whatever the value of tie_word_embeddings.
+        for tie in [false, true] {
+            match HfSafetensors::parse(b"\xff\0\0\0\0\0\0\0{}", &config, tie) {
+                Err(Error::Format { format, .. }) => assert_eq!(format, "safetensors"),
+                Err(other) => panic!("expected a safetensors format error, found {other:?}"),
+                Ok(_) => panic!("a header longer than the file was accepted"),
+            }
+        }
+    }
 }
