@@ -104,9 +104,9 @@ impl PagedAttentionOptions {
 
 /// Workgroups that the default chunking aims for across all chunks, KV heads and row
 /// tiles, so that a GPU has enough independent work during decode.
-// NOTE: on lavapipe, paged decode measured 12% to 50% slower than the contiguous
-// `attention::decode_attention_into` at 1K and 4K tokens and at parity at 8K (see
-// BENCHMARKS.md). Five barriers per key tile are the likely cost; this is unverified.
+// NOTE: on lavapipe the subgroup variant of paged decode measured 17% to 63% slower
+// than contiguous decode at 1K and 4K tokens, while the plain variant, the default
+// there, stayed within 14% (see BENCHMARKS.md). The cause was not profiled.
 const TARGET_WORKGROUPS: usize = 256;
 
 /// Minimum keys per chunk that the default chunking uses.
