@@ -6,10 +6,10 @@
 //! half the square. GPU memory is the sum of the buffers that the case allocates
 //! (inputs, outputs, log-sum-exp, scratch), computed from their sizes.
 
-use std::time::Instant;
-
 use focal::attention::{self, AttentionOptions, BlockSparseLayout, Mask};
 use focal::{Context, DType, Tensor};
+
+use crate::bench::time_ms;
 
 const HEADS: usize = 8;
 const HEAD_DIM: usize = 64;
@@ -233,26 +233,6 @@ impl AttentionBench {
         }
         Ok(())
     }
-}
-
-/// Returns the median of `reps` timed runs of `f` in milliseconds, after one warm-up
-/// run that also compiles the pipelines.
-fn time_ms(
-    ctx: &Context,
-    reps: usize,
-    mut f: impl FnMut() -> focal::Result<()>,
-) -> focal::Result<f64> {
-    f()?;
-    ctx.wait_idle()?;
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let start = Instant::now();
-        f()?;
-        ctx.wait_idle()?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
 }
 
 fn time_flash(

@@ -155,6 +155,24 @@ fn label(model: &Model, token: u32) -> String {
     printable.replace(' ', "_")
 }
 
+/// Draws `map` as square cells of `cell` pixels from (`x0`, `y0`), each coloured by its
+/// probability over the map's largest, and returns that largest probability.
+fn fill_map(canvas: &mut Canvas, map: &AttentionMap, x0: usize, y0: usize, cell: usize) -> f32 {
+    let max = map.probs.iter().copied().fold(0.0f32, f32::max).max(1e-9);
+    for (row, probs) in map.probs.chunks(map.cols.max(1)).enumerate() {
+        for (col, &p) in probs.iter().enumerate() {
+            canvas.fill(
+                x0 + col * cell,
+                y0 + row * cell,
+                cell,
+                cell,
+                colour(p / max),
+            );
+        }
+    }
+    max
+}
+
 fn draw_head(model: &Model, tokens: &[u32], map: &AttentionMap) -> Canvas {
     let n = map.cols;
     let cell = (720 / n).clamp(2, 24);
@@ -169,19 +187,7 @@ fn draw_head(model: &Model, tokens: &[u32], map: &AttentionMap) -> Canvas {
         false,
     );
     let top = title + margin;
-    let max = map.probs.iter().copied().fold(0.0f32, f32::max).max(1e-9);
-    for row in 0..n {
-        for col in 0..n {
-            let p = map.row(row)[col];
-            canvas.fill(
-                margin + col * cell,
-                top + row * cell,
-                cell,
-                cell,
-                colour(p / max),
-            );
-        }
-    }
+    let max = fill_map(&mut canvas, map, margin, top, cell);
     // Token labels fit when a cell is at least one glyph tall.
     if cell >= GLYPH {
         for (i, &token) in tokens.iter().enumerate().take(n) {
@@ -216,21 +222,13 @@ fn draw_grid(maps: &[AttentionMap], layers: usize, heads: usize) -> Canvas {
     }
     // Each tile is scaled to its own maximum, so the scale reads as "fraction of max".
     for map in maps {
-        let max = map.probs.iter().copied().fold(0.0f32, f32::max).max(1e-9);
-        let x0 = left + map.head * tile;
-        let y0 = top + map.layer * tile;
-        for row in 0..n {
-            for col in 0..n {
-                let p = map.row(row)[col];
-                canvas.fill(
-                    x0 + col * cell,
-                    y0 + row * cell,
-                    cell,
-                    cell,
-                    colour(p / max),
-                );
-            }
-        }
+        fill_map(
+            &mut canvas,
+            map,
+            left + map.head * tile,
+            top + map.layer * tile,
+            cell,
+        );
     }
     colour_scale(
         &mut canvas,

@@ -40,6 +40,15 @@ struct State {
     max_tokens: usize,
 }
 
+impl State {
+    /// Returns the session of the last generation, or an error when none has run.
+    fn last_session(&self) -> Result<&Session, JsValue> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| error_value("no generation has run yet"))
+    }
+}
+
 /// The engine on one WebGPU device, with at most one model and one generation.
 #[wasm_bindgen]
 pub struct Engine {
@@ -284,10 +293,7 @@ impl Engine {
         with_state(&self.state, move |state| async move {
             let result: Result<JsValue, JsValue> = async {
                 let state = &state;
-                let session = state
-                    .session
-                    .as_ref()
-                    .ok_or_else(|| error_value("no generation has run yet"))?;
+                let session = state.last_session()?;
                 let probs = session
                     .attention(layer, head, row_start..row_end)
                     .await
@@ -306,10 +312,7 @@ impl Engine {
         with_state(&self.state, move |state| async move {
             let result: Result<JsValue, JsValue> = async {
                 let state = &state;
-                let session = state
-                    .session
-                    .as_ref()
-                    .ok_or_else(|| error_value("no generation has run yet"))?;
+                let session = state.last_session()?;
                 let rows: Vec<usize> = rows.iter().map(|&r| r as usize).collect();
                 let probs = session
                     .attention_all_heads(&rows)
@@ -330,10 +333,7 @@ impl Engine {
         with_state(&self.state, move |state| async move {
             let result: Result<JsValue, JsValue> = async {
                 let state = &state;
-                let session = state
-                    .session
-                    .as_ref()
-                    .ok_or_else(|| error_value("no generation has run yet"))?;
+                let session = state.last_session()?;
                 let roles = session.head_roles().await.map_err(error_value)?;
                 let array: Array = roles
                     .into_iter()
