@@ -46,8 +46,8 @@ const TOKEN_TYPE_CONTROL: u64 = 3;
 const DECOY_TEMPLATE: &str = "{{ raise_exception('the decoy chat template was rendered') }}";
 
 /// Reorders the rows of a `[heads * head_dim, cols]` Q or K projection from the Hugging
-/// Face rotate-half layout to GGUF's adjacent pairs. This is the converter's direction:
-/// reshape to `[heads, 2, head_dim / 2, cols]` and swap the two middle axes.
+/// Face rotate-half layout to GGUF's adjacent pairs, the direction a GGUF conversion
+/// applies: reshape to `[heads, 2, head_dim / 2, cols]` and swap the two middle axes.
 fn hf_rows_to_gguf(data: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     let head_dim = data.len() / cols / heads;
     let half = head_dim / 2;

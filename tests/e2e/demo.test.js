@@ -239,8 +239,8 @@ describe("demo page with WebGPU", () => {
   });
 
   test("every attention kernel matches the CPU in the browser", { timeout: 5 * MINUTE }, async () => {
-    // A second engine on the page's main thread, beside the worker's: the check needs
-    // no model, only the device that the browser's shader compiler feeds.
+    // A second engine on the page's main thread, beside the worker's. The check needs no
+    // model, only a device, so every kernel goes through the browser's shader compiler.
     const checks = await page.evaluate(async () => {
       const wasm = await import("/pkg/focal_web.js");
       await wasm.default();

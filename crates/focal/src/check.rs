@@ -5,7 +5,7 @@
 //! on small random inputs, in f32 and, where the adapter has shader-f16, in f16. It
 //! compares each result with attention computed in f64 on the CPU. Drivers and browser
 //! shader compilers differ, and a kernel that validates in naga can still be rejected or
-//! miscompiled by one of them. This check tells, in one call, whether Focal computes
+//! miscompiled by one of them. One call of this check shows whether Focal computes
 //! correct attention on this GPU, natively (`focal check`) and in the browser.
 //!
 //! The CPU attention here is deliberately plain: one row at a time, scores, softmax,

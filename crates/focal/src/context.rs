@@ -19,8 +19,8 @@ pub struct Capabilities {
     pub subgroup_min_size: u32,
     /// Largest subgroup size the adapter reports (0 when unknown).
     pub subgroup_max_size: u32,
-    /// The decode and paged attention kernels default to their subgroup variants; see
-    /// [`ContextOptions::subgroup_attention`].
+    /// Whether the decode and paged attention kernels default to their subgroup
+    /// variants, as [`ContextOptions::subgroup_attention`] chose.
     pub subgroup_attention: bool,
 }
 

@@ -186,6 +186,8 @@ impl KvCache {
     ///
     /// The rows of the positions being attended must have been written for this layer
     /// (by [`KvCache::write_into`] earlier in the same or a previous submission).
+    // NOTE: a row that sees no key gets lse = -1e30 here, while the flash and decode
+    // kernels write -inf. A caller that recomputes probabilities must mask that row.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_into(
         &self,

@@ -136,7 +136,7 @@ impl Model {
     /// `model.safetensors`, `tokenizer.json` and, when present, `tokenizer_config.json`
     /// (which contains the chat template).
     ///
-    /// Same as [`Model::from_hf_files`] with no `chat_template.jinja` and no given name.
+    /// Calls [`Model::from_hf_files`] with no `chat_template.jinja` and no given name.
     pub fn from_hf(
         ctx: &Context,
         config_json: &[u8],

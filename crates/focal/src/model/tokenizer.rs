@@ -258,7 +258,7 @@ impl Tokenizer {
     /// Loads a `tokenizer.json` file's contents, with the chat template and special
     /// tokens from `tokenizer_config.json` when given.
     ///
-    /// Same as [`Tokenizer::from_hf`] without a `chat_template.jinja` file.
+    /// Calls [`Tokenizer::from_hf`] without a `chat_template.jinja` file.
     pub fn from_json(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>) -> Result<Self> {
         Self::from_hf(tokenizer_json, tokenizer_config, None)
     }
